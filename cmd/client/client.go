@@ -1,0 +1,244 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/rancher/pushprox/util"
+)
+
+// maxPollResponse bounds a poll answer, which holds one scrape request.
+const maxPollResponse = 1 << 20
+
+// client polls proxies for scrapes of its FQDN, scrapes the target and
+// pushes the answers back.
+type client struct {
+	cfg          config
+	logger       log.Logger
+	metrics      *metrics
+	proxyClient  *http.Client  // towards the proxies
+	targetClient *http.Client  // towards the scraped targets
+	slots        chan struct{} // bounds concurrent scrapes
+	scrapes      sync.WaitGroup
+}
+
+func newClient(cfg config, logger log.Logger, reg prometheus.Registerer) (*client, error) {
+	tlsConfig, err := newTLSConfig(cfg.caFile, cfg.certFile, cfg.keyFile, cfg.insecureSkipVerify)
+	if err != nil {
+		return nil, err
+	}
+	return &client{
+		cfg:          cfg,
+		logger:       logger,
+		metrics:      newMetrics(reg),
+		proxyClient:  &http.Client{Transport: newTransport(tlsConfig)},
+		targetClient: &http.Client{Transport: newTransport(tlsConfig.Clone())},
+		slots:        make(chan struct{}, cfg.maxConcurrentScrapes),
+	}, nil
+}
+
+// newTransport returns a keep-alive transport whose connections notice a
+// dead peer. Compression is left to Prometheus and the target: bodies pass
+// through as they are.
+func newTransport(tlsConfig *tls.Config) *http.Transport {
+	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAliveConfig: util.KeepAlive}
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           dialer.DialContext,
+		TLSClientConfig:       tlsConfig,
+		TLSHandshakeTimeout:   10 * time.Second,
+		DisableCompression:    true,
+		MaxIdleConns:          100,
+		MaxIdleConnsPerHost:   16,
+		IdleConnTimeout:       90 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+}
+
+// newTLSConfig builds the TLS settings from the --tls.* flags.
+func newTLSConfig(caFile, certFile, keyFile string, insecureSkipVerify bool) (*tls.Config, error) {
+	cfg := &tls.Config{InsecureSkipVerify: insecureSkipVerify}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("no PEM certificate in CA file %s", caFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if (certFile == "") != (keyFile == "") {
+		return nil, errors.New("--tls.cert and --tls.key must be given together")
+	}
+	if certFile != "" {
+		// Loaded on each handshake, so that renewed certificates are used
+		// without a restart.
+		if _, err := tls.LoadX509KeyPair(certFile, keyFile); err != nil {
+			return nil, fmt.Errorf("loading client certificate: %w", err)
+		}
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+			if err != nil {
+				return nil, err
+			}
+			return &cert, nil
+		}
+	}
+	return cfg, nil
+}
+
+// Run polls every proxy until ctx ends, then waits for scrapes in flight.
+func (c *client) Run(ctx context.Context) {
+	var loops sync.WaitGroup
+	for _, proxyURL := range c.cfg.proxyURLs {
+		loops.Add(1)
+		go func() {
+			defer loops.Done()
+			c.pollLoop(ctx, proxyURL)
+		}()
+	}
+	loops.Wait()
+	c.scrapes.Wait()
+	c.proxyClient.CloseIdleConnections()
+	c.targetClient.CloseIdleConnections()
+}
+
+// pollLoop polls one proxy, starting a scrape for each request it is given
+// and polling again at once. Failed polls are retried with backoff.
+func (c *client) pollLoop(ctx context.Context, proxyURL *url.URL) {
+	logger := log.With(c.logger, "proxy", proxyURL.Redacted())
+	retry := newBackoff(c.cfg.retryInitialWait, c.cfg.retryMaxWait)
+	for ctx.Err() == nil {
+		req, err := c.poll(ctx, proxyURL)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			c.metrics.pollErrors.Inc()
+			wait := retry.NextBackOff()
+			level.Warn(logger).Log("msg", "poll failed, retrying", "wait", wait, "err", err)
+			timer := time.NewTimer(wait)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				timer.Stop()
+				return
+			}
+			continue
+		}
+		retry.Reset()
+		if req == nil {
+			continue
+		}
+		// Wait for a free slot before taking more work from this proxy.
+		select {
+		case c.slots <- struct{}{}:
+		case <-ctx.Done():
+			c.refuse(context.WithoutCancel(ctx), proxyURL, req, errors.New("client is shutting down"))
+			return
+		}
+		c.scrapes.Add(1)
+		go func() {
+			defer c.scrapes.Done()
+			defer func() { <-c.slots }()
+			// A scrape already taken is finished even when the client stops.
+			c.doScrape(context.WithoutCancel(ctx), proxyURL, req)
+		}()
+	}
+}
+
+// newBackoff returns the retry policy for failed polls: exponential by 1.5
+// from initial to max, never giving up.
+func newBackoff(initial, max time.Duration) *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = initial
+	b.MaxInterval = max
+	b.Multiplier = 1.5
+	b.RandomizationFactor = 0
+	b.MaxElapsedTime = 0
+	b.Reset()
+	return b
+}
+
+// poll asks a proxy for a scrape. It returns nil without error when the
+// proxy had none within the poll's wait.
+func (c *client) poll(ctx context.Context, proxyURL *url.URL) (*http.Request, error) {
+	pollURL := util.ResolveProxyPath(proxyURL, util.PollPath)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, pollURL.String(), strings.NewReader(c.cfg.fqdn))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "text/plain")
+	if c.cfg.pollWait > 0 {
+		req.Header.Set(util.HeaderPrefer, "wait="+strconv.Itoa(int(c.cfg.pollWait/time.Second)))
+	}
+	resp, err := c.proxyClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxPollResponse+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading poll answer: %w", err)
+	}
+	switch {
+	case resp.StatusCode == http.StatusNoContent:
+		return nil, nil
+	case resp.StatusCode != http.StatusOK:
+		return nil, fmt.Errorf("poll answered %s: %s", resp.Status, firstLine(body))
+	case len(body) > maxPollResponse:
+		return nil, fmt.Errorf("poll answer larger than %d bytes", maxPollResponse)
+	}
+	return parseScrapeRequest(body)
+}
+
+// parseScrapeRequest reads the scrape request in a poll answer.
+func parseScrapeRequest(body []byte) (*http.Request, error) {
+	req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(body)))
+	if err != nil {
+		return nil, fmt.Errorf("poll answer is not a scrape request: %w", err)
+	}
+	if req.URL.Host == "" {
+		return nil, fmt.Errorf("poll answer is not a scrape request: %q is not an absolute URL", req.RequestURI)
+	}
+	if req.Header.Get(util.HeaderID) == "" {
+		return nil, fmt.Errorf("poll answer is not a scrape request: no %s header", util.HeaderID)
+	}
+	// The body, if any, is in memory already.
+	rest, err := io.ReadAll(req.Body)
+	if err != nil {
+		return nil, fmt.Errorf("poll answer has a broken body: %w", err)
+	}
+	req.Body = io.NopCloser(bytes.NewReader(rest))
+	return req, nil
+}
+
+// firstLine returns the start of an error body, for messages.
+func firstLine(body []byte) string {
+	line, _, _ := strings.Cut(string(body), "\n")
+	if len(line) > 200 {
+		line = line[:200] + "..."
+	}
+	return strings.TrimSpace(line)
+}

@@ -1,0 +1,232 @@
+// Command pushprox-client lets Prometheus scrape this machine through a
+// pushprox-proxy: it polls the proxy for scrapes, makes them and pushes the
+// answers back.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	stdlog "log"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/rancher/pushprox/util"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+// config is the client's configuration, as given by its flags.
+type config struct {
+	fqdn                 string
+	proxyURLs            []*url.URL
+	caFile               string
+	certFile             string
+	keyFile              string
+	insecureSkipVerify   bool
+	metricsAddress       string
+	tokenPath            string
+	useLocalhost         bool
+	allowPort            string
+	retryInitialWait     time.Duration
+	retryMaxWait         time.Duration
+	pollWait             time.Duration
+	maxConcurrentScrapes int
+	logLevel             string
+	logFormat            string
+}
+
+// validate reports the first setting that cannot work.
+func (c config) validate() error {
+	if _, err := util.ParseFQDN(c.fqdn); err != nil {
+		return fmt.Errorf("--fqdn: %w", err)
+	}
+	if len(c.proxyURLs) == 0 {
+		return errors.New("--proxy-url is required")
+	}
+	if c.allowPort != "*" {
+		if port, err := strconv.ParseUint(c.allowPort, 10, 16); err != nil || port == 0 {
+			return fmt.Errorf("--allow-port must be a port number or *, not %q", c.allowPort)
+		}
+	}
+	if c.useLocalhost && c.allowPort == "*" {
+		return errors.New("--use-localhost needs --allow-port to name the one port that may be scraped")
+	}
+	switch {
+	case c.retryInitialWait <= 0:
+		return errors.New("--proxy.retry.initial-wait must be positive")
+	case c.retryMaxWait < c.retryInitialWait:
+		return errors.New("--proxy.retry.max-wait must not be shorter than --proxy.retry.initial-wait")
+	case c.pollWait < 0:
+		return errors.New("--proxy.poll-wait must not be negative")
+	case c.pollWait > 0 && c.pollWait < time.Second:
+		return errors.New("--proxy.poll-wait must be 0 or at least 1s")
+	case c.maxConcurrentScrapes < 1:
+		return errors.New("--scrape.max-concurrency must be at least 1")
+	}
+	return nil
+}
+
+// parseFlags parses args into a config. A nil config and no error mean that
+// --help was given and answered.
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	app := kingpin.New("pushprox-client", "Client that lets Prometheus scrape this machine through a pushprox-proxy.")
+	app.HelpFlag.Short('h')
+	app.UsageWriter(stderr)
+	app.ErrorWriter(stderr)
+	helped := false
+	app.Terminate(func(int) { helped = true })
+
+	var cfg config
+	var proxyURLs []string
+	app.Flag("fqdn", "Name this client registers as; scrapes for other names are refused. Defaults to this host's FQDN.").
+		StringVar(&cfg.fqdn)
+	app.Flag("proxy-url", "Base URL of the proxy; /poll and /push resolve against it.").
+		Required().StringsVar(&proxyURLs)
+	app.Flag("tls.cacert", "CA certificate file to verify the proxy and HTTPS targets.").
+		ExistingFileVar(&cfg.caFile)
+	app.Flag("tls.cert", "Client certificate file.").ExistingFileVar(&cfg.certFile)
+	app.Flag("tls.key", "Client certificate's key file.").ExistingFileVar(&cfg.keyFile)
+	app.Flag("insecure-skip-verify", "Skip TLS certificate verification.").BoolVar(&cfg.insecureSkipVerify)
+	app.Flag("metrics-addr", "Address to serve the client's own metrics on.").
+		Default(":9369").StringVar(&cfg.metricsAddress)
+	app.Flag("token-path", "File holding a bearer token sent with every scrape, which is then made over HTTPS; read on each scrape.").
+		StringVar(&cfg.tokenPath)
+	app.Flag("use-localhost", "Scrape 127.0.0.1 instead of the FQDN; needs --allow-port.").
+		BoolVar(&cfg.useLocalhost)
+	app.Flag("allow-port", "The only target port that may be scraped; * allows any.").
+		Default("*").StringVar(&cfg.allowPort)
+	app.Flag("proxy.retry.initial-wait", "First wait after a failed poll.").
+		Default("1s").DurationVar(&cfg.retryInitialWait)
+	app.Flag("proxy.retry.max-wait", "Longest wait between failed polls.").
+		Default("5s").DurationVar(&cfg.retryMaxWait)
+	app.Flag("proxy.poll-wait", "How long the proxy may hold a poll without work (sent as Prefer: wait); keep it under the idle timeout of load balancers in between; 0 lets the proxy hold it forever.").
+		Default("30s").DurationVar(&cfg.pollWait)
+	app.Flag("scrape.max-concurrency", "Most scrapes served at once.").
+		Default("16").IntVar(&cfg.maxConcurrentScrapes)
+	app.Flag("log.level", "Only log messages with the given severity or above: "+fmt.Sprint(util.LogLevels)).
+		Default("info").EnumVar(&cfg.logLevel, util.LogLevels...)
+	app.Flag("log.format", "Output format of log messages: "+fmt.Sprint(util.LogFormats)).
+		Default("logfmt").EnumVar(&cfg.logFormat, util.LogFormats...)
+
+	if _, err := app.Parse(args); err != nil {
+		return nil, err
+	}
+	if helped {
+		return nil, nil
+	}
+	for _, raw := range proxyURLs {
+		u, err := util.ParseProxyURL(raw)
+		if err != nil {
+			return nil, fmt.Errorf("--proxy-url: %w", err)
+		}
+		cfg.proxyURLs = append(cfg.proxyURLs, u)
+	}
+	if cfg.fqdn == "" {
+		cfg.fqdn = hostFQDN()
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// hostFQDN returns this host's fully qualified name: its host name, resolved
+// to its canonical name when DNS knows one.
+func hostFQDN() string {
+	host, err := os.Hostname()
+	if err != nil {
+		return ""
+	}
+	if strings.Contains(host, ".") {
+		return host
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if cname, err := net.DefaultResolver.LookupCNAME(ctx, host); err == nil && cname != "" {
+		return strings.TrimSuffix(cname, ".")
+	}
+	return host
+}
+
+func run(args []string, stderr io.Writer) int {
+	cfg, err := parseFlags(args, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "pushprox-client: %v\n", err)
+		return 2
+	}
+	if cfg == nil {
+		return 0
+	}
+	logger, err := util.NewLogger(stderr, cfg.logLevel, cfg.logFormat)
+	if err != nil {
+		fmt.Fprintf(stderr, "pushprox-client: %v\n", err)
+		return 2
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	c, err := newClient(*cfg, logger, reg)
+	if err != nil {
+		fmt.Fprintf(stderr, "pushprox-client: %v\n", err)
+		return 2
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ln, err := net.Listen("tcp", cfg.metricsAddress)
+	if err != nil {
+		level.Error(logger).Log("msg", "cannot listen for metrics", "address", cfg.metricsAddress, "err", err)
+		return 1
+	}
+	metricsServer := &http.Server{
+		Handler:           promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          stdlog.New(log.NewStdlibAdapter(level.Debug(logger)), "", 0),
+	}
+	served := make(chan error, 1)
+	go func() { served <- metricsServer.Serve(ln) }()
+
+	level.Info(logger).Log("msg", "polling", "fqdn", cfg.fqdn, "proxies", fmt.Sprint(redacted(cfg.proxyURLs)), "metrics_address", ln.Addr().String())
+	c.Run(ctx)
+	level.Info(logger).Log("msg", "stopped polling; scrapes in flight finished")
+
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := metricsServer.Shutdown(shutdownCtx); err != nil {
+		metricsServer.Close()
+	}
+	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		level.Error(logger).Log("msg", "metrics server failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// redacted renders URLs without their passwords.
+func redacted(urls []*url.URL) []string {
+	out := make([]string, len(urls))
+	for i, u := range urls {
+		out[i] = u.Redacted()
+	}
+	return out
+}

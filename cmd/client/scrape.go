@@ -1,0 +1,181 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+
+	"github.com/rancher/pushprox/util"
+)
+
+// errPushEnded stops the copy of a target's answer once its push is over.
+var errPushEnded = errors.New("push ended")
+
+// doScrape serves one scrape request from the proxy at proxyURL: it scrapes
+// the target within the forwarded timeout and pushes the answer, or the
+// reason it could not, back to the proxy.
+func (c *client) doScrape(ctx context.Context, proxyURL *url.URL, req *http.Request) {
+	id := req.Header.Get(util.HeaderID)
+	logger := log.With(c.logger, "scrape_id", id, "url", req.URL.Redacted())
+	timeout, err := util.HeaderTimeout(req.Header, util.HeaderScrapeTimeoutSeconds)
+	if err != nil {
+		c.refuse(ctx, proxyURL, req, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	resp, err := c.scrapeTarget(ctx, req)
+	if err != nil {
+		c.refuse(ctx, proxyURL, req, err)
+		return
+	}
+	defer resp.Body.Close()
+	if err := c.push(ctx, proxyURL, id, resp); err != nil {
+		c.metrics.pushErrors.Inc()
+		level.Warn(logger).Log("msg", "push failed", "err", err)
+		return
+	}
+	level.Debug(logger).Log("msg", "scraped", "status", resp.StatusCode, "duration", time.Since(start))
+}
+
+// refuse pushes a 500 whose body is the reason a scrape failed, so that
+// Prometheus sees it at once instead of waiting for its timeout.
+func (c *client) refuse(ctx context.Context, proxyURL *url.URL, req *http.Request, reason error) {
+	c.metrics.scrapeErrors.Inc()
+	id := req.Header.Get(util.HeaderID)
+	logger := log.With(c.logger, "scrape_id", id, "url", req.URL.Redacted())
+	level.Warn(logger).Log("msg", "scrape failed", "err", reason)
+	msg := reason.Error() + "\n"
+	resp := &http.Response{
+		StatusCode:    http.StatusInternalServerError,
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        http.Header{"Content-Type": {"text/plain; charset=utf-8"}},
+		Body:          io.NopCloser(strings.NewReader(msg)),
+		ContentLength: int64(len(msg)),
+	}
+	if err := c.push(ctx, proxyURL, id, resp); err != nil {
+		c.metrics.pushErrors.Inc()
+		level.Warn(logger).Log("msg", "push of scrape error failed", "err", err)
+	}
+}
+
+// scrapeTarget checks a scrape request against the client's rules and makes
+// it.
+func (c *client) scrapeTarget(ctx context.Context, req *http.Request) (*http.Response, error) {
+	out, err := c.targetRequest(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.targetClient.Do(out)
+	if err != nil {
+		return nil, fmt.Errorf("scraping target: %w", err)
+	}
+	return resp, nil
+}
+
+// targetRequest turns a scrape request into the request to the target, or
+// says why it is refused.
+func (c *client) targetRequest(ctx context.Context, req *http.Request) (*http.Request, error) {
+	host := req.URL.Hostname()
+	if !sameHost(host, c.cfg.fqdn) {
+		return nil, fmt.Errorf("scrape refused: target host %q is not this client's FQDN %q", host, c.cfg.fqdn)
+	}
+	u := *req.URL
+	scheme := "http"
+	if query := u.Query(); query.Has("_scheme") {
+		scheme = query.Get("_scheme")
+		query.Del("_scheme")
+		u.RawQuery = query.Encode()
+		if scheme != "http" && scheme != "https" {
+			return nil, fmt.Errorf("scrape refused: _scheme must be http or https, not %q", scheme)
+		}
+	}
+	if c.cfg.tokenPath != "" {
+		scheme = "https"
+	}
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[scheme]
+	}
+	if c.cfg.allowPort != "*" && port != c.cfg.allowPort {
+		return nil, fmt.Errorf("scrape refused: port %s is not allowed, only %s", port, c.cfg.allowPort)
+	}
+	if c.cfg.useLocalhost {
+		host = "127.0.0.1"
+	}
+	u.Scheme = scheme
+	u.Host = net.JoinHostPort(host, port)
+
+	out := req.Clone(ctx)
+	out.URL = &u
+	out.Host = ""
+	out.RequestURI = ""
+	util.RemoveHopByHopHeaders(out.Header)
+	out.Header.Del(util.HeaderID)
+	if c.cfg.tokenPath != "" {
+		token, err := os.ReadFile(c.cfg.tokenPath)
+		if err != nil {
+			return nil, fmt.Errorf("reading bearer token: %w", err)
+		}
+		out.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+	}
+	return out, nil
+}
+
+// sameHost compares host names as DNS does: case-insensitively, ignoring a
+// trailing dot.
+func sameHost(a, b string) bool {
+	return strings.EqualFold(strings.TrimSuffix(a, "."), strings.TrimSuffix(b, "."))
+}
+
+// push streams a target's answer to the proxy as the body of a /push,
+// tagged with the scrape's Id and the seconds left of its timeout.
+func (c *client) push(ctx context.Context, proxyURL *url.URL, id string, resp *http.Response) error {
+	resp.Header.Set(util.HeaderID, id)
+	if deadline, ok := ctx.Deadline(); ok {
+		resp.Header.Set(util.HeaderScrapeTimeout, util.FormatSeconds(max(time.Until(deadline), 0)))
+	}
+	body, writer := io.Pipe()
+	written := make(chan error, 1)
+	go func() {
+		err := resp.Write(writer)
+		writer.CloseWithError(err)
+		written <- err
+	}()
+	pushURL := util.ResolveProxyPath(proxyURL, util.PushPath)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, pushURL.String(), body)
+	if err != nil {
+		body.Close()
+		<-written
+		return err
+	}
+	res, err := c.proxyClient.Do(req)
+	// Stop the copy if the proxy answered before reading it all.
+	body.CloseWithError(errPushEnded)
+	resp.Body.Close()
+	writeErr := <-written
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	reason, _ := io.ReadAll(io.LimitReader(res.Body, 512))
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("push answered %s: %s", res.Status, firstLine(reason))
+	}
+	if writeErr != nil && !errors.Is(writeErr, errPushEnded) {
+		return fmt.Errorf("reading target's answer: %w", writeErr)
+	}
+	return nil
+}

@@ -1,0 +1,442 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+)
+
+// maxRememberedIDs bounds the set of recently abandoned scrape IDs kept to
+// tell a late push apart from an unknown one.
+const maxRememberedIDs = 10000
+
+// rememberIDsFor is how long an abandoned scrape ID is remembered.
+const rememberIDsFor = 10 * time.Minute
+
+var (
+	errShuttingDown = errors.New("proxy is shutting down")
+	errUnknownID    = errors.New("unknown scrape id: never issued, or already answered")
+	errExpiredID    = errors.New("scrape already ended: it timed out or Prometheus gave up before the push")
+	errWrongClient  = errors.New("scrape was handed to another client")
+)
+
+// scrape is one Prometheus request waiting for a client to answer it.
+type scrape struct {
+	id       string
+	fqdn     string
+	head     []byte          // the request in proxy form, as a poll answer carries it
+	deadline time.Time       // when Prometheus stops waiting
+	ctx      context.Context // ends at deadline or when Prometheus goes away
+	pushed   chan *pushed    // capacity 1: at most one push ever takes the scrape
+
+	// identity is who received the scrape, set when it is handed to a poll;
+	// guarded by coordinator.mu.
+	identity string
+}
+
+// pushed is a client's answer to a scrape, handed from the /push handler to
+// the Prometheus-facing handler. The body is still unread: the Prometheus
+// handler streams it and reports how the copy ended on done.
+type pushed struct {
+	resp *http.Response
+	done chan error // capacity 1
+}
+
+// poll is a client's parked request for work.
+type poll struct {
+	ctx      context.Context // ends when the client's connection is gone
+	fqdn     string
+	identity string
+	handed   chan *scrape // capacity 1, so handing over never blocks under the lock
+}
+
+// clientInfo is what the coordinator knows of one FQDN.
+type clientInfo struct {
+	lastSeen time.Time // when a poll of it last arrived or ended
+	polls    int       // polls of it being served right now
+}
+
+// coordinator is the rendezvous of scrapes and polls. Scrapes go to the
+// oldest live poll of their FQDN, or wait in a queue for the next one; polls
+// take the oldest live queued scrape, or park.
+type coordinator struct {
+	logger              log.Logger
+	registrationTimeout time.Duration
+	closed              chan struct{} // closed when shutdown begins
+	stopGC              chan struct{}
+	gcDone              chan struct{}
+
+	mu sync.Mutex
+	// parked holds live parked polls per FQDN, oldest first; guarded by mu.
+	parked map[string][]*poll
+	// queued holds scrapes waiting for a poll per FQDN, oldest first; guarded by mu.
+	queued map[string][]*scrape
+	// inflight holds scrapes handed to a poll and awaiting their push, by ID; guarded by mu.
+	inflight map[string]*scrape
+	// ended remembers recently abandoned scrape IDs and when; guarded by mu.
+	ended map[string]time.Time
+	// clients holds every FQDN heard from within the registration timeout; guarded by mu.
+	clients map[string]*clientInfo
+	// closing is set when shutdown begins; guarded by mu.
+	closing bool
+	// drained is closed when closing and inflight is empty; guarded by mu.
+	drained chan struct{}
+}
+
+func newCoordinator(logger log.Logger, registrationTimeout time.Duration) *coordinator {
+	c := &coordinator{
+		logger:              logger,
+		registrationTimeout: registrationTimeout,
+		closed:              make(chan struct{}),
+		stopGC:              make(chan struct{}),
+		gcDone:              make(chan struct{}),
+		parked:              map[string][]*poll{},
+		queued:              map[string][]*scrape{},
+		inflight:            map[string]*scrape{},
+		ended:               map[string]time.Time{},
+		clients:             map[string]*clientInfo{},
+		drained:             make(chan struct{}),
+	}
+	go c.gcLoop()
+	return c
+}
+
+// submit hands s to the oldest live poll of its FQDN, or queues it.
+func (c *coordinator) submit(s *scrape) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return errShuttingDown
+	}
+	if p := c.takePollLocked(s.fqdn); p != nil {
+		c.handLocked(s, p)
+		return nil
+	}
+	c.queued[s.fqdn] = append(c.queued[s.fqdn], s)
+	return nil
+}
+
+// park registers p as a client's request for work. It returns a queued scrape
+// at once if one is waiting; otherwise p is parked until handed one, and the
+// caller must call unpark when it stops waiting. release must follow either.
+func (c *coordinator) park(p *poll) (*scrape, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return nil, errShuttingDown
+	}
+	info := c.clients[p.fqdn]
+	if info == nil {
+		info = &clientInfo{}
+		c.clients[p.fqdn] = info
+		level.Info(c.logger).Log("msg", "client registered", "fqdn", p.fqdn)
+	}
+	info.lastSeen = time.Now()
+	info.polls++
+	if s := c.takeScrapeLocked(p.fqdn); s != nil {
+		s.identity = p.identity
+		c.inflight[s.id] = s
+		return s, nil
+	}
+	c.parked[p.fqdn] = append(c.parked[p.fqdn], p)
+	return nil, nil
+}
+
+// unpark removes p from the parked polls. If a scrape was handed to p in the
+// meantime, it is returned and now belongs to the caller.
+func (c *coordinator) unpark(p *poll) *scrape {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.removePollLocked(p)
+	select {
+	case s := <-p.handed:
+		return s
+	default:
+		return nil
+	}
+}
+
+// release notes that the client of p is no longer being served by p.
+func (c *coordinator) release(p *poll) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if info := c.clients[p.fqdn]; info != nil {
+		info.polls--
+		info.lastSeen = time.Now()
+	}
+}
+
+// requeue takes back a scrape whose poll could not deliver it and gives it
+// to another live poll, or puts it at the front of its queue, if Prometheus
+// still waits for it.
+func (c *coordinator) requeue(s *scrape) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.inflight[s.id] != s {
+		return
+	}
+	c.deleteInflightLocked(s.id)
+	if s.ctx.Err() != nil {
+		return
+	}
+	if !c.closing {
+		if p := c.takePollLocked(s.fqdn); p != nil {
+			c.handLocked(s, p)
+			return
+		}
+	}
+	c.queued[s.fqdn] = append([]*scrape{s}, c.queued[s.fqdn]...)
+}
+
+// withdraw removes a scrape whose Prometheus request ended, and reports
+// whether a client had received it.
+func (c *coordinator) withdraw(s *scrape) (handed bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.inflight[s.id] == s {
+		c.deleteInflightLocked(s.id)
+		c.rememberEndedLocked(s.id)
+		return true
+	}
+	c.removeQueuedLocked(s)
+	return false
+}
+
+// withdrawQueued removes s if it still waits for a poll, and reports
+// whether it did.
+func (c *coordinator) withdrawQueued(s *scrape) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.removeQueuedLocked(s)
+}
+
+// take claims the in-flight scrape named by id for a push by identity.
+func (c *coordinator) take(id, identity string) (*scrape, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.inflight[id]
+	if s == nil {
+		if _, ok := c.ended[id]; ok {
+			return nil, errExpiredID
+		}
+		return nil, errUnknownID
+	}
+	if s.identity != identity {
+		return nil, errWrongClient
+	}
+	c.deleteInflightLocked(id)
+	return s, nil
+}
+
+// known reports whether a client of fqdn has been heard from.
+func (c *coordinator) known(fqdn string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.clients[fqdn] != nil
+}
+
+// clientList returns the FQDNs of clients that are connected or were heard
+// from within the registration timeout, sorted.
+func (c *coordinator) clientList() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	fqdns := make([]string, 0, len(c.clients))
+	for fqdn, info := range c.clients {
+		if c.aliveLocked(info, now) {
+			fqdns = append(fqdns, fqdn)
+		}
+	}
+	sort.Strings(fqdns)
+	return fqdns
+}
+
+// clientCount returns the number of known clients.
+func (c *coordinator) clientCount() int {
+	return len(c.clientList())
+}
+
+// parkedCount returns the number of parked polls.
+func (c *coordinator) parkedCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, polls := range c.parked {
+		n += len(polls)
+	}
+	return n
+}
+
+// shutdown stops accepting polls and scrapes. Parked polls and queued
+// scrapes see c.closed and give up; handed scrapes may still be pushed.
+func (c *coordinator) shutdown() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return
+	}
+	c.closing = true
+	close(c.closed)
+	if len(c.inflight) == 0 {
+		close(c.drained)
+	}
+}
+
+// drain waits until every scrape handed to a client has been pushed or has
+// ended, or until ctx ends. Call it after shutdown.
+func (c *coordinator) drain(ctx context.Context) error {
+	select {
+	case <-c.drained:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// close stops the garbage collector and waits for it.
+func (c *coordinator) close() {
+	close(c.stopGC)
+	<-c.gcDone
+}
+
+func (c *coordinator) gcLoop() {
+	defer close(c.gcDone)
+	interval := min(max(c.registrationTimeout/4, time.Second), time.Minute)
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ticker.C:
+			c.collectGarbage(time.Now())
+		case <-c.stopGC:
+			return
+		}
+	}
+}
+
+// collectGarbage forgets clients gone past the registration timeout and
+// scrape IDs ended long ago.
+func (c *coordinator) collectGarbage(now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for fqdn, info := range c.clients {
+		if !c.aliveLocked(info, now) {
+			delete(c.clients, fqdn)
+			level.Info(c.logger).Log("msg", "client forgotten", "fqdn", fqdn, "last_seen", info.lastSeen)
+		}
+	}
+	for id, at := range c.ended {
+		if now.Sub(at) > rememberIDsFor {
+			delete(c.ended, id)
+		}
+	}
+}
+
+// aliveLocked says whether a client counts as known: a parked poll is
+// contact, however long it has been parked.
+func (c *coordinator) aliveLocked(info *clientInfo, now time.Time) bool {
+	return info.polls > 0 || now.Sub(info.lastSeen) <= c.registrationTimeout
+}
+
+// takePollLocked pops the oldest live parked poll of fqdn, dropping dead ones.
+func (c *coordinator) takePollLocked(fqdn string) *poll {
+	polls := c.parked[fqdn]
+	for len(polls) > 0 {
+		p := polls[0]
+		polls[0] = nil
+		polls = polls[1:]
+		if p.ctx.Err() == nil {
+			c.setParkedLocked(fqdn, polls)
+			return p
+		}
+	}
+	c.setParkedLocked(fqdn, polls)
+	return nil
+}
+
+// takeScrapeLocked pops the oldest queued scrape of fqdn that Prometheus
+// still waits for, dropping ended ones.
+func (c *coordinator) takeScrapeLocked(fqdn string) *scrape {
+	scrapes := c.queued[fqdn]
+	for len(scrapes) > 0 {
+		s := scrapes[0]
+		scrapes[0] = nil
+		scrapes = scrapes[1:]
+		if s.ctx.Err() == nil {
+			c.setQueuedLocked(fqdn, scrapes)
+			return s
+		}
+	}
+	c.setQueuedLocked(fqdn, scrapes)
+	return nil
+}
+
+// handLocked registers s as in flight to p, then hands it over. The order
+// matters: a push may arrive as soon as the poll has it.
+func (c *coordinator) handLocked(s *scrape, p *poll) {
+	s.identity = p.identity
+	c.inflight[s.id] = s
+	p.handed <- s
+}
+
+func (c *coordinator) removePollLocked(p *poll) {
+	polls := c.parked[p.fqdn]
+	for i, q := range polls {
+		if q == p {
+			c.setParkedLocked(p.fqdn, append(polls[:i:i], polls[i+1:]...))
+			return
+		}
+	}
+}
+
+func (c *coordinator) removeQueuedLocked(s *scrape) bool {
+	scrapes := c.queued[s.fqdn]
+	for i, q := range scrapes {
+		if q == s {
+			c.setQueuedLocked(s.fqdn, append(scrapes[:i:i], scrapes[i+1:]...))
+			return true
+		}
+	}
+	return false
+}
+
+// setParkedLocked and setQueuedLocked store a list, deleting empty ones so
+// that no state is kept for FQDNs without work.
+func (c *coordinator) setParkedLocked(fqdn string, polls []*poll) {
+	if len(polls) == 0 {
+		delete(c.parked, fqdn)
+		return
+	}
+	c.parked[fqdn] = polls
+}
+
+func (c *coordinator) setQueuedLocked(fqdn string, scrapes []*scrape) {
+	if len(scrapes) == 0 {
+		delete(c.queued, fqdn)
+		return
+	}
+	c.queued[fqdn] = scrapes
+}
+
+func (c *coordinator) deleteInflightLocked(id string) {
+	delete(c.inflight, id)
+	if c.closing && len(c.inflight) == 0 {
+		select {
+		case <-c.drained:
+		default:
+			close(c.drained)
+		}
+	}
+}
+
+func (c *coordinator) rememberEndedLocked(id string) {
+	if len(c.ended) < maxRememberedIDs {
+		c.ended[id] = time.Now()
+	}
+}

@@ -1,0 +1,401 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/rancher/pushprox/util"
+)
+
+const (
+	// maxPollBody bounds a poll body, which holds only an FQDN.
+	maxPollBody = 4 << 10
+	// maxPushHead bounds the status line and headers of a pushed response.
+	maxPushHead = 1 << 20
+	// maxScrapeBody bounds the body of a proxied request; scrapes are GETs.
+	maxScrapeBody = 1 << 20
+	// bodyReadTimeout bounds the time to read a poll body.
+	bodyReadTimeout = 30 * time.Second
+	// maxPollWait bounds a client's wait preference.
+	maxPollWait = 10 * time.Minute
+)
+
+// proxy serves Prometheus' proxy requests and the clients' polls and pushes.
+type proxy struct {
+	cfg     config
+	logger  log.Logger
+	coord   *coordinator
+	metrics *metrics
+	mux     *http.ServeMux
+}
+
+func newProxy(cfg config, logger log.Logger, reg prometheus.Registerer, gatherer prometheus.Gatherer) *proxy {
+	coord := newCoordinator(logger, cfg.registrationTimeout)
+	p := &proxy{
+		cfg:     cfg,
+		logger:  logger,
+		coord:   coord,
+		metrics: newMetrics(reg, coord),
+		mux:     http.NewServeMux(),
+	}
+	p.mux.Handle("POST /poll", p.metrics.instrument("/poll", p.handlePoll))
+	p.mux.Handle("POST /push", p.metrics.instrument("/push", p.handlePush))
+	p.mux.Handle("GET /clients", p.metrics.instrument("/clients", p.handleClients))
+	p.mux.Handle("GET /metrics", p.metrics.instrument("/metrics",
+		promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}).ServeHTTP))
+	return p
+}
+
+// ServeHTTP routes proxy requests (absolute-form request targets) to the
+// scrape handler and everything else to the proxy's own endpoints.
+func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Host != "" || r.Method == http.MethodConnect {
+		p.handleScrape(w, r)
+		return
+	}
+	p.mux.ServeHTTP(w, r)
+}
+
+// shutdown stops taking polls and scrapes, answers parked polls, and waits
+// until scrapes already handed to clients end or ctx does.
+func (p *proxy) shutdown(ctx context.Context) error {
+	p.coord.shutdown()
+	return p.coord.drain(ctx)
+}
+
+// close stops the proxy's background work.
+func (p *proxy) close() {
+	p.coord.close()
+}
+
+// handlePoll parks a client's poll until a scrape for its FQDN arrives.
+func (p *proxy) handlePoll(w http.ResponseWriter, r *http.Request) {
+	rc := http.NewResponseController(w)
+	// A client that sends its FQDN byte by byte cannot hold a handler; the
+	// deadline is lifted once the body is in, as a parked poll reads nothing.
+	_ = rc.SetReadDeadline(time.Now().Add(bodyReadTimeout))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPollBody))
+	_ = rc.SetReadDeadline(time.Time{})
+	if err != nil {
+		httpError(w, readErrorStatus(err), "reading poll body: %v", err)
+		return
+	}
+	fqdn, err := util.ParseFQDN(string(body))
+	if err != nil {
+		httpError(w, http.StatusBadRequest, "bad poll: %v", err)
+		return
+	}
+	pl := &poll{ctx: r.Context(), fqdn: fqdn, handed: make(chan *scrape, 1)}
+	s, err := p.coord.park(pl)
+	if err != nil {
+		httpError(w, http.StatusServiceUnavailable, "%v", err)
+		return
+	}
+	defer p.coord.release(pl)
+	if s == nil {
+		s = p.waitForScrape(w, r, pl)
+		if s == nil {
+			return
+		}
+	}
+	if err := p.deliver(w, r, s); err != nil {
+		level.Debug(p.logger).Log("msg", "poll gone before its scrape was delivered, scrape requeued", "fqdn", fqdn, "scrape_id", s.id, "err", err)
+		p.coord.requeue(s)
+		return
+	}
+	level.Debug(p.logger).Log("msg", "scrape handed to client", "fqdn", fqdn, "scrape_id", s.id)
+}
+
+// waitForScrape waits for a scrape to be handed to a parked poll. It answers
+// the poll itself and returns nil if none comes.
+func (p *proxy) waitForScrape(w http.ResponseWriter, r *http.Request, pl *poll) *scrape {
+	wait, bounded := util.ParsePreferWait(r.Header)
+	var expired <-chan time.Time
+	if bounded {
+		wait = min(wait, maxPollWait)
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+		expired = timer.C
+	}
+	select {
+	case s := <-pl.handed:
+		return s
+	case <-r.Context().Done():
+		// The client is gone; a scrape handed meanwhile goes to another poll.
+		if s := p.coord.unpark(pl); s != nil {
+			p.coord.requeue(s)
+		}
+		return nil
+	case <-expired:
+		if s := p.coord.unpark(pl); s != nil {
+			return s
+		}
+		p.metrics.pollsEmpty.Inc()
+		w.Header().Set(util.HeaderPreferenceApplied, "wait="+strconv.Itoa(int(wait/time.Second)))
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	case <-p.coord.closed:
+		if s := p.coord.unpark(pl); s != nil {
+			return s
+		}
+		httpError(w, http.StatusRequestTimeout, "poll given up: %v", errShuttingDown)
+		return nil
+	}
+}
+
+// deliver answers a poll with a scrape request.
+func (p *proxy) deliver(w http.ResponseWriter, r *http.Request, s *scrape) error {
+	if err := r.Context().Err(); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/http")
+	w.Header().Set("Content-Length", strconv.Itoa(len(s.head)))
+	w.WriteHeader(http.StatusOK)
+	if _, err := w.Write(s.head); err != nil {
+		return err
+	}
+	return http.NewResponseController(w).Flush()
+}
+
+// handleScrape serves a Prometheus proxy request: it hands the scrape to a
+// client of the target's FQDN and relays the client's answer.
+func (p *proxy) handleScrape(w http.ResponseWriter, r *http.Request) {
+	outcome, code := p.scrape(w, r)
+	p.metrics.scrapes.WithLabelValues(outcome).Inc()
+	p.metrics.proxied.WithLabelValues(strconv.Itoa(code)).Inc()
+}
+
+func (p *proxy) scrape(w http.ResponseWriter, r *http.Request) (outcome string, code int) {
+	if r.Method == http.MethodConnect {
+		return outcomeRefused, httpError(w, http.StatusMethodNotAllowed,
+			"CONNECT is not supported: to scrape an HTTPS target, use plain http with the URL parameter _scheme=https")
+	}
+	fqdn, err := util.ParseFQDN(r.URL.Hostname())
+	if err != nil {
+		return outcomeRefused, httpError(w, http.StatusBadRequest, "bad scrape target: %v", err)
+	}
+	timeout := util.ScrapeTimeout(r.Header, p.cfg.defaultTimeout, p.cfg.maxTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+	id := uuid.NewString()
+	head, err := scrapeRequest(r, id, timeout)
+	if err != nil {
+		return outcomeRefused, httpError(w, readErrorStatus(err), "bad scrape request: %v", err)
+	}
+	s := &scrape{id: id, fqdn: fqdn, head: head, deadline: deadline, ctx: ctx, pushed: make(chan *pushed, 1)}
+	if err := p.coord.submit(s); err != nil {
+		return outcomeRefused, httpError(w, http.StatusServiceUnavailable, "%v", err)
+	}
+	closed := p.coord.closed
+	for {
+		select {
+		case answer := <-s.pushed:
+			return p.relay(w, s, answer)
+		case <-closed:
+			if p.coord.withdrawQueued(s) {
+				return outcomeRefused, httpError(w, http.StatusServiceUnavailable, "%v", errShuttingDown)
+			}
+			// A client has the scrape; its push is still accepted.
+			closed = nil
+		case <-ctx.Done():
+			handed := p.coord.withdraw(s)
+			if r.Context().Err() != nil {
+				return outcomeAborted, 499
+			}
+			if handed {
+				return outcomeClientTimeout, httpError(w, http.StatusGatewayTimeout,
+					"client %q took the scrape but did not answer within %s", fqdn, timeout)
+			}
+			if p.coord.known(fqdn) {
+				return outcomeNoClient, httpError(w, http.StatusServiceUnavailable,
+					"client %q is known but did not poll within %s", fqdn, timeout)
+			}
+			return outcomeNoClient, httpError(w, http.StatusServiceUnavailable,
+				"no client connected as %q within %s", fqdn, timeout)
+		}
+	}
+}
+
+// scrapeRequest serializes the request a client will make: Prometheus'
+// request in proxy form, without hop-by-hop headers, with the scrape's Id
+// and effective timeout.
+func scrapeRequest(r *http.Request, id string, timeout time.Duration) ([]byte, error) {
+	out := r.Clone(r.Context())
+	util.RemoveHopByHopHeaders(out.Header)
+	util.RemoveInternalHeaders(out.Header)
+	out.Header.Set(util.HeaderID, id)
+	out.Header.Set(util.HeaderScrapeTimeoutSeconds, util.FormatSeconds(timeout))
+	out.TransferEncoding = nil
+	out.Close = false
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxScrapeBody+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(body) > maxScrapeBody {
+		return nil, &http.MaxBytesError{Limit: maxScrapeBody}
+	}
+	out.Body = io.NopCloser(bytes.NewReader(body))
+	out.ContentLength = int64(len(body))
+	if len(body) == 0 {
+		out.Body = nil
+	}
+	var buf bytes.Buffer
+	if err := out.WriteProxy(&buf); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// relay streams a client's pushed answer to Prometheus and reports the end
+// of the copy to the push handler.
+func (p *proxy) relay(w http.ResponseWriter, s *scrape, answer *pushed) (outcome string, code int) {
+	resp := answer.resp
+	header := w.Header()
+	for name, values := range resp.Header {
+		header[name] = values
+	}
+	util.RemoveHopByHopHeaders(header)
+	util.RemoveInternalHeaders(header)
+	if resp.ContentLength >= 0 {
+		header.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+	} else {
+		header.Del("Content-Length")
+	}
+	rc := http.NewResponseController(w)
+	// Prometheus stops waiting at the deadline; so does the copy.
+	_ = rc.SetWriteDeadline(s.deadline)
+	w.WriteHeader(resp.StatusCode)
+	_, err := io.Copy(w, resp.Body)
+	if err == nil {
+		err = rc.Flush()
+	}
+	answer.done <- err
+	if err != nil {
+		level.Debug(p.logger).Log("msg", "relaying pushed scrape failed", "fqdn", s.fqdn, "scrape_id", s.id, "err", err)
+		p.metrics.scrapes.WithLabelValues(outcomeAborted).Inc()
+		p.metrics.proxied.WithLabelValues(strconv.Itoa(resp.StatusCode)).Inc()
+		// Abort the response so that Prometheus sees a broken transfer,
+		// not a complete but truncated body.
+		panic(http.ErrAbortHandler)
+	}
+	if resp.StatusCode >= 500 {
+		return outcomeTargetError, resp.StatusCode
+	}
+	return outcomeDelivered, resp.StatusCode
+}
+
+// handlePush takes a client's answer to a scrape and streams it to the
+// waiting Prometheus request.
+func (p *proxy) handlePush(w http.ResponseWriter, r *http.Request) {
+	rc := http.NewResponseController(w)
+	// No scrape lives longer than the maximum timeout, so neither may a push.
+	_ = rc.SetReadDeadline(time.Now().Add(p.cfg.maxTimeout))
+	body := http.MaxBytesReader(w, r.Body, p.cfg.maxPushBytes)
+	// The head is read under its own, smaller limit; the body then gets the
+	// rest of the push limit.
+	limited := &io.LimitedReader{R: body, N: maxPushHead}
+	resp, err := http.ReadResponse(bufio.NewReader(limited), nil)
+	if err != nil {
+		p.rejectPush(w, "malformed", readErrorStatus(err), "push body is not an HTTP response: %v", err)
+		return
+	}
+	limited.N = math.MaxInt64
+	id := resp.Header.Get(util.HeaderID)
+	if id == "" {
+		p.rejectPush(w, "malformed", http.StatusBadRequest, "pushed response has no %s header", util.HeaderID)
+		return
+	}
+	s, err := p.coord.take(id, "")
+	switch {
+	case errors.Is(err, errUnknownID):
+		p.rejectPush(w, "unknown_id", http.StatusNotFound, "scrape %q: %v", id, err)
+		return
+	case errors.Is(err, errExpiredID):
+		p.rejectPush(w, "expired", http.StatusGone, "scrape %q: %v", id, err)
+		return
+	case errors.Is(err, errWrongClient):
+		p.rejectPush(w, "forbidden", http.StatusForbidden, "scrape %q: %v", id, err)
+		return
+	}
+	// Reading the push stops when Prometheus stops waiting.
+	_ = rc.SetReadDeadline(s.deadline)
+	answer := &pushed{resp: resp, done: make(chan error, 1)}
+	s.pushed <- answer
+	select {
+	case err = <-answer.done:
+	case <-s.ctx.Done():
+		select {
+		case <-s.pushed:
+			// Prometheus went away before the answer was picked up.
+			p.rejectPush(w, "expired", http.StatusGone, "scrape %q: %v", id, errExpiredID)
+			return
+		case err = <-answer.done:
+		}
+	}
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			p.rejectPush(w, "too_large", http.StatusRequestEntityTooLarge, "scrape %q: pushed body exceeds %d bytes", id, tooBig.Limit)
+			return
+		}
+		p.rejectPush(w, "undelivered", http.StatusBadGateway, "scrape %q: relaying to Prometheus failed: %v", id, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+func (p *proxy) rejectPush(w http.ResponseWriter, reason string, code int, format string, args ...any) {
+	p.metrics.pushesRejected.WithLabelValues(reason).Inc()
+	level.Debug(p.logger).Log("msg", "push rejected", "reason", reason, "err", fmt.Sprintf(format, args...))
+	httpError(w, code, format, args...)
+}
+
+// clientGroup is a target group of Prometheus' file_sd and http_sd formats.
+type clientGroup struct {
+	Targets []string          `json:"targets"`
+	Labels  map[string]string `json:"labels"`
+}
+
+// handleClients lists the known clients as file_sd target groups.
+func (p *proxy) handleClients(w http.ResponseWriter, _ *http.Request) {
+	fqdns := p.coord.clientList()
+	groups := make([]clientGroup, 0, len(fqdns))
+	for _, fqdn := range fqdns {
+		groups = append(groups, clientGroup{Targets: []string{fqdn}})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if err := json.NewEncoder(w).Encode(groups); err != nil {
+		level.Debug(p.logger).Log("msg", "writing client list failed", "err", err)
+	}
+}
+
+// httpError answers with a one-line plain text reason and returns the code.
+func httpError(w http.ResponseWriter, code int, format string, args ...any) int {
+	http.Error(w, fmt.Sprintf(format, args...), code)
+	return code
+}
+
+// readErrorStatus maps an error reading a request body to a status.
+func readErrorStatus(err error) int {
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		return http.StatusRequestEntityTooLarge
+	}
+	return http.StatusBadRequest
+}

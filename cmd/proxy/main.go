@@ -1,0 +1,175 @@
+// Command pushprox-proxy lets Prometheus scrape targets it cannot reach:
+// clients next to the targets poll it for scrapes and push the answers back.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	stdlog "log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/rancher/pushprox/util"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+// config is the proxy's configuration, as given by its flags.
+type config struct {
+	listenAddress       string
+	maxTimeout          time.Duration
+	defaultTimeout      time.Duration
+	registrationTimeout time.Duration
+	maxPushBytes        int64
+	shutdownTimeout     time.Duration
+	logLevel            string
+	logFormat           string
+}
+
+// validate reports the first setting that cannot work.
+func (c config) validate() error {
+	switch {
+	case c.maxTimeout <= 0:
+		return errors.New("--scrape.max-timeout must be positive")
+	case c.defaultTimeout <= 0:
+		return errors.New("--scrape.default-timeout must be positive")
+	case c.registrationTimeout <= 0:
+		return errors.New("--registration.timeout must be positive")
+	case c.maxPushBytes <= 0:
+		return errors.New("--push.max-body-size must be positive")
+	case c.shutdownTimeout < 0:
+		return errors.New("--web.shutdown-timeout must not be negative")
+	}
+	return nil
+}
+
+// parseFlags parses args into a config. A nil config and no error mean that
+// --help was given and answered.
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	app := kingpin.New("pushprox-proxy", "Proxy for Prometheus scrapes of targets behind pushprox-client.")
+	app.HelpFlag.Short('h')
+	app.UsageWriter(stderr)
+	app.ErrorWriter(stderr)
+	helped := false
+	app.Terminate(func(int) { helped = true })
+
+	var cfg config
+	app.Flag("web.listen-address", "Address to listen on for Prometheus, clients and metrics.").
+		Default(":8080").StringVar(&cfg.listenAddress)
+	app.Flag("scrape.max-timeout", "Longest timeout any scrape may have.").
+		Default("5m").DurationVar(&cfg.maxTimeout)
+	app.Flag("scrape.default-timeout", "Timeout of a scrape that names none.").
+		Default("15s").DurationVar(&cfg.defaultTimeout)
+	app.Flag("registration.timeout", "How long a client not heard from stays known.").
+		Default("5m").DurationVar(&cfg.registrationTimeout)
+	maxPushBytes := app.Flag("push.max-body-size", "Largest scrape answer a client may push (e.g. 512MiB).").
+		Default("1GiB").Bytes()
+	app.Flag("web.shutdown-timeout", "How long a stopping proxy waits for scrapes in flight.").
+		Default("15s").DurationVar(&cfg.shutdownTimeout)
+	app.Flag("log.level", "Only log messages with the given severity or above: "+fmt.Sprint(util.LogLevels)).
+		Default("info").EnumVar(&cfg.logLevel, util.LogLevels...)
+	app.Flag("log.format", "Output format of log messages: "+fmt.Sprint(util.LogFormats)).
+		Default("logfmt").EnumVar(&cfg.logFormat, util.LogFormats...)
+
+	if _, err := app.Parse(args); err != nil {
+		return nil, err
+	}
+	if helped {
+		return nil, nil
+	}
+	cfg.maxPushBytes = int64(*maxPushBytes)
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+func run(args []string, stderr io.Writer) int {
+	cfg, err := parseFlags(args, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "pushprox-proxy: %v\n", err)
+		return 2
+	}
+	if cfg == nil {
+		return 0
+	}
+	logger, err := util.NewLogger(stderr, cfg.logLevel, cfg.logFormat)
+	if err != nil {
+		fmt.Fprintf(stderr, "pushprox-proxy: %v\n", err)
+		return 2
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ln, err := listen(ctx, cfg.listenAddress)
+	if err != nil {
+		level.Error(logger).Log("msg", "cannot listen", "address", cfg.listenAddress, "err", err)
+		return 1
+	}
+	level.Info(logger).Log("msg", "listening", "address", ln.Addr().String())
+	if err := serve(ctx, *cfg, logger, reg, reg, ln); err != nil {
+		level.Error(logger).Log("msg", "serving failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// listen opens a TCP listener whose connections notice a dead peer.
+func listen(ctx context.Context, address string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAliveConfig: util.KeepAlive}
+	return lc.Listen(ctx, "tcp", address)
+}
+
+// serve runs the proxy on ln until ctx ends, then stops gracefully: parked
+// polls are answered, new scrapes refused, and scrapes already handed to
+// clients may finish within the shutdown timeout.
+func serve(ctx context.Context, cfg config, logger log.Logger, reg prometheus.Registerer, gatherer prometheus.Gatherer, ln net.Listener) error {
+	p := newProxy(cfg, logger, reg, gatherer)
+	defer p.close()
+	srv := &http.Server{
+		Handler:           p,
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    256 << 10,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          stdlog.New(log.NewStdlibAdapter(level.Debug(logger)), "", 0),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	level.Info(logger).Log("msg", "shutting down")
+	graceCtx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
+	defer cancel()
+	if err := p.shutdown(graceCtx); err != nil {
+		level.Warn(logger).Log("msg", "scrapes still in flight at the end of the shutdown timeout", "err", err)
+	}
+	if err := srv.Shutdown(graceCtx); err != nil {
+		level.Warn(logger).Log("msg", "closing connections still busy at the end of the shutdown timeout", "err", err)
+		srv.Close()
+	}
+	<-served
+	level.Info(logger).Log("msg", "stopped")
+	return nil
+}

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Outcomes of a proxied scrape, the values of the outcome label.
+const (
+	outcomeDelivered     = "delivered"      // the client's answer reached Prometheus
+	outcomeTargetError   = "target_error"   // the client pushed a 5xx: target down or scrape refused
+	outcomeNoClient      = "no_client"      // no poll of the FQDN arrived in time
+	outcomeClientTimeout = "client_timeout" // a client took the scrape but did not push in time
+	outcomeAborted       = "aborted"        // Prometheus went away, or the transfer broke
+	outcomeRefused       = "refused"        // bad request, or the proxy is shutting down
+)
+
+// metrics are the proxy's own metrics.
+type metrics struct {
+	httpRequests   *prometheus.CounterVec
+	httpDuration   *prometheus.HistogramVec
+	proxied        *prometheus.CounterVec
+	scrapes        *prometheus.CounterVec
+	pollsEmpty     prometheus.Counter
+	pushesRejected *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer, coord *coordinator) *metrics {
+	factory := promauto.With(reg)
+	factory.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pushprox_proxy_clients",
+		Help: "Number of known clients.",
+	}, func() float64 { return float64(coord.clientCount()) })
+	factory.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pushprox_proxy_parked_polls",
+		Help: "Number of client polls parked, waiting for a scrape.",
+	}, func() float64 { return float64(coord.parkedCount()) })
+	outcomes := factory.NewCounterVec(prometheus.CounterOpts{
+		Name: "pushprox_proxy_scrapes_total",
+		Help: "Proxied scrapes by outcome.",
+	}, []string{"outcome"})
+	for _, outcome := range []string{outcomeDelivered, outcomeTargetError, outcomeNoClient, outcomeClientTimeout, outcomeAborted, outcomeRefused} {
+		outcomes.WithLabelValues(outcome)
+	}
+	return &metrics{
+		httpRequests: factory.NewCounterVec(prometheus.CounterOpts{
+			Name: "pushprox_http_requests_total",
+			Help: "Number of HTTP requests to the proxy's own endpoints.",
+		}, []string{"code", "path"}),
+		httpDuration: factory.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "pushprox_http_duration_seconds",
+			Help:    "Time taken by HTTP requests to the proxy's own endpoints.",
+			Buckets: []float64{.001, .01, .1, 1, 5, 15, 30, 60, 300},
+		}, []string{"path"}),
+		proxied: factory.NewCounterVec(prometheus.CounterOpts{
+			Name: "pushproxy_proxied_requests_total",
+			Help: "Number of scrapes proxied, by the status answered to Prometheus.",
+		}, []string{"code"}),
+		scrapes: outcomes,
+		pollsEmpty: factory.NewCounter(prometheus.CounterOpts{
+			Name: "pushprox_proxy_polls_empty_total",
+			Help: "Polls answered without a scrape because their wait preference passed.",
+		}),
+		pushesRejected: factory.NewCounterVec(prometheus.CounterOpts{
+			Name: "pushprox_proxy_pushes_rejected_total",
+			Help: "Pushes refused, by reason.",
+		}, []string{"reason"}),
+	}
+}
+
+// instrument counts and times the requests of one endpoint.
+func (m *metrics) instrument(path string, h http.HandlerFunc) http.Handler {
+	labels := prometheus.Labels{"path": path}
+	return promhttp.InstrumentHandlerCounter(m.httpRequests.MustCurryWith(labels),
+		promhttp.InstrumentHandlerDuration(m.httpDuration.MustCurryWith(labels), h))
+}

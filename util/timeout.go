@@ -1,0 +1,68 @@
+package util
+
+import (
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ScrapeTimeout returns the effective timeout of a scrape: the
+// X-Prometheus-Scrape-Timeout-Seconds header when it parses as a positive
+// number of seconds, else def; then clamped to at most max.
+func ScrapeTimeout(h http.Header, def, max time.Duration) time.Duration {
+	timeout, err := HeaderTimeout(h, HeaderScrapeTimeoutSeconds)
+	if err != nil {
+		timeout = def
+	}
+	if timeout > max {
+		timeout = max
+	}
+	return timeout
+}
+
+// HeaderTimeout parses the named header as a positive, finite number of
+// seconds.
+func HeaderTimeout(h http.Header, name string) (time.Duration, error) {
+	value := strings.TrimSpace(h.Get(name))
+	if value == "" {
+		return 0, fmt.Errorf("missing %s header", name)
+	}
+	seconds, err := strconv.ParseFloat(value, 64)
+	if err != nil || math.IsNaN(seconds) || math.IsInf(seconds, 0) || seconds <= 0 {
+		return 0, fmt.Errorf("invalid %s header %q: want a positive number of seconds", name, value)
+	}
+	// Durations beyond about 292 years overflow; nobody means them.
+	if seconds > math.MaxInt64/float64(time.Second) {
+		return time.Duration(math.MaxInt64), nil
+	}
+	return time.Duration(seconds * float64(time.Second)), nil
+}
+
+// FormatSeconds renders d as the seconds value of a timeout header.
+func FormatSeconds(d time.Duration) string {
+	return strconv.FormatFloat(d.Seconds(), 'f', -1, 64)
+}
+
+// ParsePreferWait returns the wait=N preference of RFC 7240 Prefer headers,
+// and whether one was given.
+func ParsePreferWait(h http.Header) (time.Duration, bool) {
+	for _, value := range h.Values(HeaderPrefer) {
+		for _, pref := range strings.Split(value, ",") {
+			// Parameters of a preference follow a ';' and do not matter here.
+			pref, _, _ = strings.Cut(pref, ";")
+			name, arg, ok := strings.Cut(strings.TrimSpace(pref), "=")
+			if !ok || !strings.EqualFold(strings.TrimSpace(name), "wait") {
+				continue
+			}
+			seconds, err := strconv.ParseUint(strings.Trim(strings.TrimSpace(arg), `"`), 10, 32)
+			if err != nil {
+				continue
+			}
+			return time.Duration(seconds) * time.Second, true
+		}
+	}
+	return 0, false
+}
