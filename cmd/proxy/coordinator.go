@@ -68,7 +68,8 @@ type clientInfo struct {
 type coordinator struct {
 	logger              log.Logger
 	registrationTimeout time.Duration
-	closed              chan struct{} // closed when shutdown begins
+	now                 func() time.Time // the clock, replaceable in tests
+	closed              chan struct{}    // closed when shutdown begins
 	stopGC              chan struct{}
 	gcDone              chan struct{}
 
@@ -89,10 +90,11 @@ type coordinator struct {
 	drained chan struct{}
 }
 
-func newCoordinator(logger log.Logger, registrationTimeout time.Duration) *coordinator {
+func newCoordinator(logger log.Logger, registrationTimeout time.Duration, now func() time.Time) *coordinator {
 	c := &coordinator{
 		logger:              logger,
 		registrationTimeout: registrationTimeout,
+		now:                 now,
 		closed:              make(chan struct{}),
 		stopGC:              make(chan struct{}),
 		gcDone:              make(chan struct{}),
@@ -137,7 +139,7 @@ func (c *coordinator) park(p *poll) (*scrape, error) {
 		c.clients[p.fqdn] = info
 		level.Info(c.logger).Log("msg", "client registered", "fqdn", p.fqdn)
 	}
-	info.lastSeen = time.Now()
+	info.lastSeen = c.now()
 	info.polls++
 	if s := c.takeScrapeLocked(p.fqdn); s != nil {
 		s.identity = p.identity
@@ -168,7 +170,7 @@ func (c *coordinator) release(p *poll) {
 	defer c.mu.Unlock()
 	if info := c.clients[p.fqdn]; info != nil {
 		info.polls--
-		info.lastSeen = time.Now()
+		info.lastSeen = c.now()
 	}
 }
 
@@ -246,7 +248,7 @@ func (c *coordinator) known(fqdn string) bool {
 func (c *coordinator) clientList() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	now := time.Now()
+	now := c.now()
 	fqdns := make([]string, 0, len(c.clients))
 	for fqdn, info := range c.clients {
 		if c.aliveLocked(info, now) {
@@ -313,7 +315,7 @@ func (c *coordinator) gcLoop() {
 	for {
 		select {
 		case <-ticker.C:
-			c.collectGarbage(time.Now())
+			c.collectGarbage(c.now())
 		case <-c.stopGC:
 			return
 		}
@@ -437,6 +439,6 @@ func (c *coordinator) deleteInflightLocked(id string) {
 
 func (c *coordinator) rememberEndedLocked(id string) {
 	if len(c.ended) < maxRememberedIDs {
-		c.ended[id] = time.Now()
+		c.ended[id] = c.now()
 	}
 }

@@ -45,7 +45,11 @@ type proxy struct {
 }
 
 func newProxy(cfg config, logger log.Logger, reg prometheus.Registerer, gatherer prometheus.Gatherer) *proxy {
-	coord := newCoordinator(logger, cfg.registrationTimeout)
+	clock := cfg.clock
+	if clock == nil {
+		clock = time.Now
+	}
+	coord := newCoordinator(logger, cfg.registrationTimeout, clock)
 	p := &proxy{
 		cfg:     cfg,
 		logger:  logger,

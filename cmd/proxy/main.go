@@ -38,6 +38,10 @@ type config struct {
 	shutdownTimeout     time.Duration
 	logLevel            string
 	logFormat           string
+
+	// clock tells the time for client registrations; nil means time.Now.
+	// Tests replace it.
+	clock func() time.Time
 }
 
 // validate reports the first setting that cannot work.

@@ -1,0 +1,523 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-kit/log"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/rancher/pushprox/util"
+)
+
+// testProxy is a proxy served in-process on loopback.
+type testProxy struct {
+	*proxy
+	srv *httptest.Server
+	reg *prometheus.Registry
+}
+
+func defaultConfig() config {
+	return config{
+		maxTimeout:          5 * time.Minute,
+		defaultTimeout:      15 * time.Second,
+		registrationTimeout: 5 * time.Minute,
+		maxPushBytes:        64 << 20,
+		shutdownTimeout:     5 * time.Second,
+	}
+}
+
+func startProxy(t *testing.T, cfg config) *testProxy {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	p := newProxy(cfg, log.NewNopLogger(), reg, reg)
+	srv := httptest.NewServer(p)
+	t.Cleanup(func() {
+		// Parked polls end first, so that closing the server does not wait
+		// for them.
+		p.coord.shutdown()
+		srv.Close()
+		p.close()
+	})
+	return &testProxy{proxy: p, srv: srv, reg: reg}
+}
+
+// scraper plays Prometheus: an HTTP client that uses the proxy.
+func (tp *testProxy) scraper() *http.Client {
+	proxyURL, _ := url.Parse(tp.srv.URL)
+	return &http.Client{Transport: &http.Transport{
+		Proxy:              http.ProxyURL(proxyURL),
+		DisableCompression: true,
+	}}
+}
+
+// scrape sends a proxied GET for target with the given headers.
+func (tp *testProxy) scrape(t *testing.T, target string, header http.Header) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, target, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, values := range header {
+		req.Header[name] = values
+	}
+	resp, err := tp.scraper().Do(req)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", target, err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+// poll sends a poll as a client would and returns the answer.
+func (tp *testProxy) poll(ctx context.Context, fqdn string, header http.Header) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, tp.srv.URL+"/poll", strings.NewReader(fqdn))
+	if err != nil {
+		return nil, err
+	}
+	for name, values := range header {
+		req.Header[name] = values
+	}
+	return http.DefaultClient.Do(req)
+}
+
+// push sends body to /push and returns the status and answer text.
+func (tp *testProxy) push(t *testing.T, body io.Reader) (int, string) {
+	t.Helper()
+	resp, err := http.Post(tp.srv.URL+"/push", "", body)
+	if err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	defer resp.Body.Close()
+	text, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(text)
+}
+
+// waitFor waits until cond holds, failing the test after a generous bound.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitParked waits until n polls are parked.
+func (tp *testProxy) waitParked(t *testing.T, n int) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d parked polls", n), func() bool { return tp.coord.parkedCount() == n })
+}
+
+// fakeClient answers scrapes of fqdn in-process the way the reference client
+// does: poll, read the request, ask the target, push the answer fully
+// buffered. It records the requests it was handed.
+type fakeClient struct {
+	tp     *testProxy
+	fqdn   string
+	answer func(req *http.Request) *http.Response
+
+	mu       sync.Mutex
+	requests []*http.Request // guarded by mu
+}
+
+// serve answers n scrapes, then returns.
+func (c *fakeClient) serve(t *testing.T, n int) {
+	for i := 0; i < n; i++ {
+		resp, err := c.tp.poll(context.Background(), c.fqdn, nil)
+		if err != nil {
+			t.Errorf("poll: %v", err)
+			return
+		}
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("poll answered %s", resp.Status)
+			resp.Body.Close()
+			return
+		}
+		req, err := http.ReadRequest(bufio.NewReader(resp.Body))
+		resp.Body.Close()
+		if err != nil {
+			t.Errorf("reading scrape request: %v", err)
+			return
+		}
+		c.mu.Lock()
+		c.requests = append(c.requests, req)
+		c.mu.Unlock()
+		answer := c.answer(req)
+		answer.Header.Set(util.HeaderID, req.Header.Get(util.HeaderID))
+		var buf bytes.Buffer
+		if err := answer.Write(&buf); err != nil {
+			t.Errorf("serializing answer: %v", err)
+			return
+		}
+		if code, text := c.tp.push(t, &buf); code != http.StatusOK {
+			t.Errorf("push answered %d: %s", code, text)
+		}
+	}
+}
+
+func textResponse(code int, body string) *http.Response {
+	return &http.Response{
+		StatusCode:    code,
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        http.Header{"Content-Type": {"text/plain"}},
+		Body:          io.NopCloser(strings.NewReader(body)),
+		ContentLength: int64(len(body)),
+	}
+}
+
+func TestScrapeRequestCarriesEffectiveTimeout(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.defaultTimeout = 7 * time.Second
+	cfg.maxTimeout = 20 * time.Second
+	tp := startProxy(t, cfg)
+	for _, tc := range []struct {
+		name   string
+		header string // X-Prometheus-Scrape-Timeout-Seconds sent by Prometheus; "" sends none
+		want   string
+	}{
+		{name: "from header", header: "3.5", want: "3.5"},
+		{name: "default without header", want: "7"},
+		{name: "default for unparsable header", header: "soon", want: "7"},
+		{name: "clamped to max", header: "600", want: "20"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client := &fakeClient{tp: tp, fqdn: "node1", answer: func(*http.Request) *http.Response {
+				return textResponse(http.StatusOK, "ok\n")
+			}}
+			done := make(chan struct{})
+			go func() { defer close(done); client.serve(t, 1) }()
+			header := http.Header{}
+			if tc.header != "" {
+				header.Set(util.HeaderScrapeTimeoutSeconds, tc.header)
+			}
+			resp := tp.scrape(t, "http://node1:9100/metrics", header)
+			<-done
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("status %s", resp.Status)
+			}
+			got := client.requests[0].Header.Get(util.HeaderScrapeTimeoutSeconds)
+			if got != tc.want {
+				t.Errorf("client got timeout %q, want %q", got, tc.want)
+			}
+			if client.requests[0].Header.Get(util.HeaderID) == "" {
+				t.Errorf("scrape request has no Id")
+			}
+		})
+	}
+}
+
+func TestProxiedHeadersAndStatus(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	client := &fakeClient{tp: tp, fqdn: "node1", answer: func(req *http.Request) *http.Response {
+		resp := textResponse(http.StatusNotFound, "not here\n")
+		resp.Header.Set("X-Target", "yes")
+		resp.Header.Set(util.HeaderScrapeTimeout, "1.5")
+		resp.Header.Set("Connection", "X-Hop")
+		resp.Header.Set("X-Hop", "secret")
+		return resp
+	}}
+	done := make(chan struct{})
+	go func() { defer close(done); client.serve(t, 1) }()
+	header := http.Header{
+		"Accept":              {"application/openmetrics-text;version=1.0.0"},
+		"Authorization":       {"Bearer for-the-target"},
+		"Proxy-Authorization": {"Basic for-the-proxy"},
+	}
+	resp := tp.scrape(t, "http://node1:9100/metrics?collect%5B%5D=cpu", header)
+	<-done
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusNotFound || string(body) != "not here\n" {
+		t.Errorf("got %s %q, want 404 %q", resp.Status, body, "not here\n")
+	}
+	if resp.Header.Get("X-Target") != "yes" {
+		t.Errorf("target header lost: %v", resp.Header)
+	}
+	for _, name := range []string{util.HeaderID, util.HeaderScrapeTimeout, util.HeaderScrapeTimeoutSeconds, "X-Hop"} {
+		if v := resp.Header.Get(name); v != "" {
+			t.Errorf("header %s reached Prometheus: %q", name, v)
+		}
+	}
+	req := client.requests[0]
+	if req.URL.String() != "http://node1:9100/metrics?collect%5B%5D=cpu" {
+		t.Errorf("client asked for %s", req.URL)
+	}
+	if got := req.Header.Get("Accept"); got != header.Get("Accept") {
+		t.Errorf("Accept = %q, want %q", got, header.Get("Accept"))
+	}
+	if got := req.Header.Get("Authorization"); got != "Bearer for-the-target" {
+		t.Errorf("Authorization = %q, want the target's credentials", got)
+	}
+	if got := req.Header.Get("Proxy-Authorization"); got != "" {
+		t.Errorf("Proxy-Authorization reached the client: %q", got)
+	}
+}
+
+func TestAbandonedPollsNeverGetScrapes(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	const abandoned = 5
+	cancel := make([]context.CancelFunc, abandoned)
+	var polls sync.WaitGroup
+	for i := range cancel {
+		ctx, stop := context.WithCancel(context.Background())
+		cancel[i] = stop
+		polls.Add(1)
+		go func() {
+			defer polls.Done()
+			resp, err := tp.poll(ctx, "node1", nil)
+			if err == nil {
+				resp.Body.Close()
+				t.Errorf("abandoned poll answered %s", resp.Status)
+			}
+		}()
+	}
+	tp.waitParked(t, abandoned)
+	for _, stop := range cancel {
+		stop()
+	}
+	polls.Wait()
+
+	const scrapes = 10
+	client := &fakeClient{tp: tp, fqdn: "node1", answer: func(*http.Request) *http.Response {
+		return textResponse(http.StatusOK, "up 1\n")
+	}}
+	done := make(chan struct{})
+	go func() { defer close(done); client.serve(t, scrapes) }()
+	for i := 0; i < scrapes; i++ {
+		resp := tp.scrape(t, "http://node1:9100/metrics", http.Header{util.HeaderScrapeTimeoutSeconds: {"10"}})
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK || string(body) != "up 1\n" {
+			t.Fatalf("scrape %d: %s %q", i, resp.Status, body)
+		}
+	}
+	<-done
+}
+
+func TestScrapeWithoutClientFailsWithinTimeout(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	start := time.Now()
+	resp := tp.scrape(t, "http://nobody.example:9100/metrics", http.Header{util.HeaderScrapeTimeoutSeconds: {"0.2"}})
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("status %s, want 503", resp.Status)
+	}
+	if !strings.Contains(string(body), `no client connected as "nobody.example"`) {
+		t.Errorf("body %q does not name the missing client", body)
+	}
+	// A generous bound: the point is that it does not wait forever.
+	if elapsed := time.Since(start); elapsed > 10*time.Second {
+		t.Errorf("answered after %s", elapsed)
+	}
+	if got := testutil.ToFloat64(tp.metrics.scrapes.WithLabelValues(outcomeNoClient)); got != 1 {
+		t.Errorf("no_client outcomes = %v, want 1", got)
+	}
+}
+
+func TestBadPushesAreRejectedAndProxyKeepsServing(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	for _, tc := range []struct {
+		name string
+		body string
+		code int
+	}{
+		{name: "not HTTP", body: "hello there", code: http.StatusBadRequest},
+		{name: "empty", body: "", code: http.StatusBadRequest},
+		{name: "no Id", body: "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", code: http.StatusBadRequest},
+		{name: "unknown Id", body: "HTTP/1.1 200 OK\r\nId: 4b0c4e5e-0000-0000-0000-000000000000\r\nContent-Length: 0\r\n\r\n", code: http.StatusNotFound},
+		{name: "huge head", body: "HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("a", 2<<20) + "\r\n\r\n", code: http.StatusBadRequest},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, text := tp.push(t, strings.NewReader(tc.body))
+			if code != tc.code {
+				t.Errorf("status %d (%s), want %d", code, text, tc.code)
+			}
+			if strings.TrimSpace(text) == "" {
+				t.Errorf("no reason given")
+			}
+		})
+	}
+	client := &fakeClient{tp: tp, fqdn: "node1", answer: func(*http.Request) *http.Response {
+		return textResponse(http.StatusOK, "still here\n")
+	}}
+	go client.serve(t, 1)
+	resp := tp.scrape(t, "http://node1:9100/metrics", nil)
+	if body, _ := io.ReadAll(resp.Body); resp.StatusCode != http.StatusOK || string(body) != "still here\n" {
+		t.Errorf("after bad pushes: %s %q", resp.Status, body)
+	}
+}
+
+func TestBadPollsAreRejected(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	for _, tc := range []struct {
+		name string
+		body string
+		code int
+	}{
+		{name: "empty", body: "  \n", code: http.StatusBadRequest},
+		{name: "too long", body: strings.Repeat("a.", 200), code: http.StatusBadRequest},
+		{name: "bad characters", body: "node1/../etc", code: http.StatusBadRequest},
+		{name: "huge", body: strings.Repeat("a", 1<<20), code: http.StatusRequestEntityTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := tp.poll(context.Background(), tc.body, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			text, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.code || len(bytes.TrimSpace(text)) == 0 {
+				t.Errorf("got %s %q, want %d with a reason", resp.Status, text, tc.code)
+			}
+		})
+	}
+	if n := len(tp.coord.clientList()); n != 0 {
+		t.Errorf("%d clients registered by bad polls", n)
+	}
+}
+
+func TestPollWaitPreference(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	resp, err := tp.poll(context.Background(), "node1", http.Header{util.HeaderPrefer: {"wait=1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Errorf("status %s, want 204", resp.Status)
+	}
+	if got := resp.Header.Get(util.HeaderPreferenceApplied); got != "wait=1" {
+		t.Errorf("Preference-Applied = %q", got)
+	}
+	if got := testutil.ToFloat64(tp.metrics.pollsEmpty); got != 1 {
+		t.Errorf("empty polls = %v, want 1", got)
+	}
+}
+
+// fakeClock is a settable clock for client registrations.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time // guarded by mu
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+func TestClientsListsIdleConnectedClientsAndForgetsGoneOnes(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1e9, 0)}
+	cfg := defaultConfig()
+	cfg.registrationTimeout = time.Minute
+	cfg.clock = clock.Now
+	tp := startProxy(t, cfg)
+
+	idleDone := make(chan struct{})
+	go func() {
+		defer close(idleDone)
+		if resp, err := tp.poll(context.Background(), "idle.example", nil); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	goneCtx, gone := context.WithCancel(context.Background())
+	goneDone := make(chan struct{})
+	go func() {
+		defer close(goneDone)
+		if resp, err := tp.poll(goneCtx, "gone.example", nil); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	tp.waitParked(t, 2)
+	gone()
+	<-goneDone
+	waitFor(t, "the gone client's poll to end", func() bool { return tp.coord.parkedCount() == 1 })
+
+	clock.advance(2 * cfg.registrationTimeout)
+	tp.coord.collectGarbage(clock.Now())
+
+	resp, err := http.Get(tp.srv.URL + "/clients")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type = %q", ct)
+	}
+	want := `[{"targets":["idle.example"],"labels":null}]`
+	if strings.TrimSpace(string(body)) != want {
+		t.Errorf("/clients = %s, want %s", body, want)
+	}
+}
+
+func TestMetricNames(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	for _, path := range []string{"/clients", "/metrics"} {
+		resp, err := http.Get(tp.srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	families, err := tp.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, f := range families {
+		have[f.GetName()] = true
+	}
+	for _, name := range []string{
+		"pushprox_proxy_clients",
+		"pushprox_http_requests_total",
+		"pushprox_http_duration_seconds",
+		"pushprox_proxy_scrapes_total",
+		"pushprox_proxy_parked_polls",
+	} {
+		if !have[name] {
+			t.Errorf("metric %s missing", name)
+		}
+	}
+}
+
+func TestConnectIsRefusedWithAdvice(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	conn, err := net.Dial("tcp", tp.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "CONNECT node1:443 HTTP/1.1\r\nHost: node1:443\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusMethodNotAllowed || !strings.Contains(string(body), "_scheme=https") {
+		t.Errorf("got %s %q", resp.Status, body)
+	}
+}
