@@ -194,9 +194,12 @@ func (p *proxy) scrape(w http.ResponseWriter, r *http.Request) (outcome string, 
 		return outcomeRefused, httpError(w, http.StatusBadRequest, "bad scrape target: %v", err)
 	}
 	timeout := util.ScrapeTimeout(r.Header, p.cfg.defaultTimeout, p.cfg.maxTimeout)
-	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	// The proxy gives up waiting for a client a little before Prometheus
+	// does, so that Prometheus reads the reason instead of its own timeout.
+	// A push already streaming may use the full timeout.
+	deadline := time.Now().Add(timeout)
+	ctx, cancel := context.WithDeadline(r.Context(), deadline.Add(-answerMargin(timeout)))
 	defer cancel()
-	deadline, _ := ctx.Deadline()
 	id := uuid.NewString()
 	head, err := scrapeRequest(r, id, timeout)
 	if err != nil {
@@ -234,6 +237,12 @@ func (p *proxy) scrape(w http.ResponseWriter, r *http.Request) (outcome string, 
 				"no client connected as %q within %s", fqdn, timeout)
 		}
 	}
+}
+
+// answerMargin is how long before a scrape's timeout the proxy answers on
+// its own: a tenth of the timeout, at most half a second.
+func answerMargin(timeout time.Duration) time.Duration {
+	return min(timeout/10, 500*time.Millisecond)
 }
 
 // scrapeRequest serializes the request a client will make: Prometheus'

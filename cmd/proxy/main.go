@@ -89,7 +89,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	app.Flag("log.format", "Output format of log messages: "+fmt.Sprint(util.LogFormats)).
 		Default("logfmt").EnumVar(&cfg.logFormat, util.LogFormats...)
 
-	if _, err := app.Parse(args); err != nil {
+	if err := util.ParseFlags(app, args); err != nil {
 		return nil, err
 	}
 	if helped {
