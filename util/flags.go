@@ -2,6 +2,7 @@ package util
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/alecthomas/kingpin/v2"
 )
@@ -27,6 +28,15 @@ func ParseFlags(app *kingpin.Application, args []string) error {
 		model := flag.Model()
 		if setErr := model.Value.Set(*element.Value); setErr != nil {
 			return fmt.Errorf("--%s: %w", model.Name, setErr)
+		}
+	}
+	for _, model := range app.Model().Flags {
+		value := os.Getenv(model.Envar)
+		if model.Envar == "" || value == "" {
+			continue
+		}
+		if setErr := model.Value.Set(value); setErr != nil {
+			return fmt.Errorf("--%s (from $%s): %w", model.Name, model.Envar, setErr)
 		}
 	}
 	return err

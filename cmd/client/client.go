@@ -16,12 +16,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/rancher/pushprox/util"
 )
@@ -39,6 +41,8 @@ type client struct {
 	targetClient *http.Client  // towards the scraped targets
 	slots        chan struct{} // bounds concurrent scrapes
 	scrapes      sync.WaitGroup
+	labels       string       // the labels header sent with each poll
+	connected    atomic.Int64 // proxies whose last poll succeeded
 }
 
 func newClient(cfg config, logger log.Logger, reg prometheus.Registerer) (*client, error) {
@@ -53,6 +57,7 @@ func newClient(cfg config, logger log.Logger, reg prometheus.Registerer) (*clien
 		proxyClient:  &http.Client{Transport: newTransport(tlsConfig)},
 		targetClient: &http.Client{Transport: newTransport(tlsConfig.Clone())},
 		slots:        make(chan struct{}, cfg.maxConcurrentScrapes),
+		labels:       util.EncodeLabels(cfg.labels),
 	}, nil
 }
 
@@ -129,12 +134,26 @@ func (c *client) Run(ctx context.Context) {
 func (c *client) pollLoop(ctx context.Context, proxyURL *url.URL) {
 	logger := log.With(c.logger, "proxy", proxyURL.Redacted())
 	retry := newBackoff(c.cfg.retryInitialWait, c.cfg.retryMaxWait)
+	connected := false
+	// setConnected keeps c.connected counting this proxy while its last
+	// poll succeeded.
+	setConnected := func(ok bool) {
+		switch {
+		case ok && !connected:
+			c.connected.Add(1)
+		case !ok && connected:
+			c.connected.Add(-1)
+		}
+		connected = ok
+	}
+	defer setConnected(false)
 	for ctx.Err() == nil {
 		req, err := c.poll(ctx, proxyURL)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
+			setConnected(false)
 			c.metrics.pollErrors.Inc()
 			wait := retry.NextBackOff()
 			level.Warn(logger).Log("msg", "poll failed, retrying", "wait", wait, "err", err)
@@ -148,6 +167,7 @@ func (c *client) pollLoop(ctx context.Context, proxyURL *url.URL) {
 			continue
 		}
 		retry.Reset()
+		setConnected(true)
 		if req == nil {
 			continue
 		}
@@ -190,6 +210,9 @@ func (c *client) poll(ctx context.Context, proxyURL *url.URL) (*http.Request, er
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "text/plain")
+	if c.labels != "" {
+		req.Header.Set(util.HeaderLabels, c.labels)
+	}
 	if c.cfg.pollWait > 0 {
 		req.Header.Set(util.HeaderPrefer, "wait="+strconv.Itoa(int(c.cfg.pollWait/time.Second)))
 	}
@@ -241,4 +264,22 @@ func firstLine(body []byte) string {
 		line = line[:200] + "..."
 	}
 	return strings.TrimSpace(line)
+}
+
+// metricsHandler serves the client's own metrics, /-/healthy, and /-/ready,
+// which answers 200 while the last poll to at least one proxy succeeded.
+func (c *client) metricsHandler(gatherer prometheus.Gatherer) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /-/healthy", func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "Healthy.\n")
+	})
+	mux.HandleFunc("GET /-/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if c.connected.Load() == 0 {
+			http.Error(w, "Not polling any proxy.", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "Ready.\n")
+	})
+	return mux
 }

@@ -24,7 +24,8 @@ import (
 	"github.com/go-kit/log/level"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
+	"github.com/prometheus/common/version"
 
 	"github.com/rancher/pushprox/util"
 )
@@ -49,6 +50,7 @@ type config struct {
 	retryMaxWait         time.Duration
 	pollWait             time.Duration
 	maxConcurrentScrapes int
+	labels               map[string]string
 	logLevel             string
 	logFormat            string
 }
@@ -89,13 +91,14 @@ func (c config) validate() error {
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	app := kingpin.New("pushprox-client", "Client that lets Prometheus scrape this machine through a pushprox-proxy.")
 	app.HelpFlag.Short('h')
+	app.Version(version.Print("pushprox-client"))
 	app.UsageWriter(stderr)
 	app.ErrorWriter(stderr)
 	helped := false
 	app.Terminate(func(int) { helped = true })
 
 	var cfg config
-	var proxyURLs []string
+	var proxyURLs, labels []string
 	app.Flag("fqdn", "Name this client registers as; scrapes for other names are refused. Defaults to this host's FQDN.").
 		StringVar(&cfg.fqdn)
 	app.Flag("proxy-url", "Base URL of the proxy; /poll and /push resolve against it.").
@@ -121,11 +124,15 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		Default("30s").DurationVar(&cfg.pollWait)
 	app.Flag("scrape.max-concurrency", "Most scrapes served at once.").
 		Default("16").IntVar(&cfg.maxConcurrentScrapes)
+	app.Flag("label", "Label name=value announced to the proxy for service discovery; repeatable.").
+		StringsVar(&labels)
 	app.Flag("log.level", "Only log messages with the given severity or above: "+fmt.Sprint(util.LogLevels)).
 		Default("info").EnumVar(&cfg.logLevel, util.LogLevels...)
 	app.Flag("log.format", "Output format of log messages: "+fmt.Sprint(util.LogFormats)).
 		Default("logfmt").EnumVar(&cfg.logFormat, util.LogFormats...)
 
+	// Every flag can also be set as PUSHPROX_CLIENT_<FLAG>, for containers.
+	app.DefaultEnvars()
 	if err := util.ParseFlags(app, args); err != nil {
 		return nil, err
 	}
@@ -138,6 +145,19 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 			return nil, fmt.Errorf("--proxy-url: %w", err)
 		}
 		cfg.proxyURLs = append(cfg.proxyURLs, u)
+	}
+	for _, pair := range labels {
+		name, value, err := util.ParseLabel(pair)
+		if err != nil {
+			return nil, fmt.Errorf("--label: %w", err)
+		}
+		if cfg.labels == nil {
+			cfg.labels = map[string]string{}
+		}
+		cfg.labels[name] = value
+	}
+	if len(cfg.labels) > util.MaxLabels {
+		return nil, fmt.Errorf("--label: %d labels, at most %d allowed", len(cfg.labels), util.MaxLabels)
 	}
 	if cfg.fqdn == "" {
 		cfg.fqdn = hostFQDN()
@@ -184,6 +204,7 @@ func run(args []string, stderr io.Writer) int {
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		versioncollector.NewCollector("pushprox"),
 	)
 	c, err := newClient(*cfg, logger, reg)
 	if err != nil {
@@ -199,7 +220,7 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 	metricsServer := &http.Server{
-		Handler:           promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Handler:           c.metricsHandler(reg),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          stdlog.New(log.NewStdlibAdapter(level.Debug(logger)), "", 0),
 	}

@@ -10,6 +10,8 @@ import (
 
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
+
+	"github.com/rancher/pushprox/util"
 )
 
 // maxRememberedIDs bounds the set of recently abandoned scrape IDs kept to
@@ -35,9 +37,12 @@ type scrape struct {
 	ctx      context.Context // ends at deadline or when Prometheus goes away
 	pushed   chan *pushed    // capacity 1: at most one push ever takes the scrape
 
-	// identity is who received the scrape, set when it is handed to a poll;
-	// guarded by coordinator.mu.
+	// identity is who received the scrape, client its registration and
+	// handedAt when; set when it is handed to a poll, guarded by
+	// coordinator.mu.
 	identity string
+	client   *clientInfo
+	handedAt time.Time
 }
 
 // pushed is a client's answer to a scrape, handed from the /push handler to
@@ -52,14 +57,38 @@ type pushed struct {
 type poll struct {
 	ctx      context.Context // ends when the client's connection is gone
 	fqdn     string
+	labels   map[string]string
 	identity string
 	handed   chan *scrape // capacity 1, so handing over never blocks under the lock
 }
 
-// clientInfo is what the coordinator knows of one FQDN.
+// clientKey names a client's registration: its FQDN and labels, so that the
+// labels of two clients with the same FQDN do not mix.
+func (p *poll) clientKey() string {
+	return p.fqdn + "\x00" + util.LabelsKey(p.labels)
+}
+
+// recentOutcomes is how many scrape outcomes are kept per client for the
+// landing page.
+const recentOutcomes = 10
+
+// clientInfo is what the coordinator knows of one client registration. Its
+// fields are guarded by coordinator.mu.
 type clientInfo struct {
+	fqdn     string
+	labels   map[string]string
 	lastSeen time.Time // when a poll of it last arrived or ended
 	polls    int       // polls of it being served right now
+	outcomes []string  // the latest scrape outcomes, oldest first
+}
+
+// clientStatus is a snapshot of a clientInfo.
+type clientStatus struct {
+	FQDN     string
+	Labels   map[string]string
+	LastSeen time.Time
+	Polls    int
+	Outcomes []string
 }
 
 // coordinator is the rendezvous of scrapes and polls. Scrapes go to the
@@ -82,7 +111,8 @@ type coordinator struct {
 	inflight map[string]*scrape
 	// ended remembers recently abandoned scrape IDs and when; guarded by mu.
 	ended map[string]time.Time
-	// clients holds every FQDN heard from within the registration timeout; guarded by mu.
+	// clients holds every client registration heard from within the
+	// registration timeout, by poll.clientKey; guarded by mu.
 	clients map[string]*clientInfo
 	// closing is set when shutdown begins; guarded by mu.
 	closing bool
@@ -133,17 +163,17 @@ func (c *coordinator) park(p *poll) (*scrape, error) {
 	if c.closing {
 		return nil, errShuttingDown
 	}
-	info := c.clients[p.fqdn]
+	key := p.clientKey()
+	info := c.clients[key]
 	if info == nil {
-		info = &clientInfo{}
-		c.clients[p.fqdn] = info
-		level.Info(c.logger).Log("msg", "client registered", "fqdn", p.fqdn)
+		info = &clientInfo{fqdn: p.fqdn, labels: p.labels}
+		c.clients[key] = info
+		level.Info(c.logger).Log("msg", "client registered", "fqdn", p.fqdn, "labels", util.EncodeLabels(p.labels))
 	}
 	info.lastSeen = c.now()
 	info.polls++
 	if s := c.takeScrapeLocked(p.fqdn); s != nil {
-		s.identity = p.identity
-		c.inflight[s.id] = s
+		c.registerInflightLocked(s, p)
 		return s, nil
 	}
 	c.parked[p.fqdn] = append(c.parked[p.fqdn], p)
@@ -168,7 +198,7 @@ func (c *coordinator) unpark(p *poll) *scrape {
 func (c *coordinator) release(p *poll) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if info := c.clients[p.fqdn]; info != nil {
+	if info := c.clients[p.clientKey()]; info != nil {
 		info.polls--
 		info.lastSeen = c.now()
 	}
@@ -240,28 +270,77 @@ func (c *coordinator) take(id, identity string) (*scrape, error) {
 func (c *coordinator) known(fqdn string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.clients[fqdn] != nil
+	for _, info := range c.clients {
+		if info.fqdn == fqdn {
+			return true
+		}
+	}
+	return false
 }
 
-// clientList returns the FQDNs of clients that are connected or were heard
-// from within the registration timeout, sorted.
-func (c *coordinator) clientList() []string {
+// clientList returns the clients that are connected or were heard from
+// within the registration timeout, sorted by FQDN and labels.
+func (c *coordinator) clientList() []clientStatus {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.now()
-	fqdns := make([]string, 0, len(c.clients))
-	for fqdn, info := range c.clients {
+	keys := make([]string, 0, len(c.clients))
+	for key, info := range c.clients {
 		if c.aliveLocked(info, now) {
-			fqdns = append(fqdns, fqdn)
+			keys = append(keys, key)
 		}
 	}
-	sort.Strings(fqdns)
-	return fqdns
+	sort.Strings(keys)
+	list := make([]clientStatus, len(keys))
+	for i, key := range keys {
+		info := c.clients[key]
+		list[i] = clientStatus{
+			FQDN:     info.fqdn,
+			Labels:   info.labels,
+			LastSeen: info.lastSeen,
+			Polls:    info.polls,
+			Outcomes: append([]string(nil), info.outcomes...),
+		}
+	}
+	return list
 }
 
 // clientCount returns the number of known clients.
 func (c *coordinator) clientCount() int {
-	return len(c.clientList())
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	n := 0
+	for _, info := range c.clients {
+		if c.aliveLocked(info, now) {
+			n++
+		}
+	}
+	return n
+}
+
+// recordOutcome notes how a scrape ended, for the landing page: on the
+// client that took it, or on every client of its FQDN if none did.
+func (c *coordinator) recordOutcome(s *scrape, outcome string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s.client != nil {
+		s.client.noteLocked(outcome)
+		return
+	}
+	for _, info := range c.clients {
+		if info.fqdn == s.fqdn {
+			info.noteLocked(outcome)
+		}
+	}
+}
+
+func (info *clientInfo) noteLocked(outcome string) {
+	if len(info.outcomes) == recentOutcomes {
+		copy(info.outcomes, info.outcomes[1:])
+		info.outcomes = info.outcomes[:recentOutcomes-1]
+	}
+	info.outcomes = append(info.outcomes, outcome)
 }
 
 // parkedCount returns the number of parked polls.
@@ -327,10 +406,10 @@ func (c *coordinator) gcLoop() {
 func (c *coordinator) collectGarbage(now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for fqdn, info := range c.clients {
+	for key, info := range c.clients {
 		if !c.aliveLocked(info, now) {
-			delete(c.clients, fqdn)
-			level.Info(c.logger).Log("msg", "client forgotten", "fqdn", fqdn, "last_seen", info.lastSeen)
+			delete(c.clients, key)
+			level.Info(c.logger).Log("msg", "client forgotten", "fqdn", info.fqdn, "last_seen", info.lastSeen)
 		}
 	}
 	for id, at := range c.ended {
@@ -382,9 +461,16 @@ func (c *coordinator) takeScrapeLocked(fqdn string) *scrape {
 // handLocked registers s as in flight to p, then hands it over. The order
 // matters: a push may arrive as soon as the poll has it.
 func (c *coordinator) handLocked(s *scrape, p *poll) {
-	s.identity = p.identity
-	c.inflight[s.id] = s
+	c.registerInflightLocked(s, p)
 	p.handed <- s
+}
+
+// registerInflightLocked records that s goes to p and awaits its push.
+func (c *coordinator) registerInflightLocked(s *scrape, p *poll) {
+	s.identity = p.identity
+	s.client = c.clients[p.clientKey()]
+	s.handedAt = time.Now()
+	c.inflight[s.id] = s
 }
 
 func (c *coordinator) removePollLocked(p *poll) {

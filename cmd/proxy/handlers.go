@@ -62,6 +62,9 @@ func newProxy(cfg config, logger log.Logger, reg prometheus.Registerer, gatherer
 	p.mux.Handle("GET /clients", p.metrics.instrument("/clients", p.handleClients))
 	p.mux.Handle("GET /metrics", p.metrics.instrument("/metrics",
 		promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}).ServeHTTP))
+	p.mux.HandleFunc("GET /-/healthy", handleHealthy)
+	p.mux.HandleFunc("GET /-/ready", p.handleReady)
+	p.mux.HandleFunc("GET /{$}", p.handleLandingPage)
 	return p
 }
 
@@ -104,7 +107,12 @@ func (p *proxy) handlePoll(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "bad poll: %v", err)
 		return
 	}
-	pl := &poll{ctx: r.Context(), fqdn: fqdn, handed: make(chan *scrape, 1)}
+	labels, err := util.DecodeLabels(r.Header.Get(util.HeaderLabels))
+	if err != nil {
+		httpError(w, http.StatusBadRequest, "bad poll: %v", err)
+		return
+	}
+	pl := &poll{ctx: r.Context(), fqdn: fqdn, labels: labels, handed: make(chan *scrape, 1)}
 	s, err := p.coord.park(pl)
 	if err != nil {
 		httpError(w, http.StatusServiceUnavailable, "%v", err)
@@ -184,6 +192,7 @@ func (p *proxy) handleScrape(w http.ResponseWriter, r *http.Request) {
 	p.metrics.proxied.WithLabelValues(strconv.Itoa(code)).Inc()
 }
 
+// scrape serves a proxy request and returns its outcome and status.
 func (p *proxy) scrape(w http.ResponseWriter, r *http.Request) (outcome string, code int) {
 	if r.Method == http.MethodConnect {
 		return outcomeRefused, httpError(w, http.StatusMethodNotAllowed,
@@ -197,7 +206,8 @@ func (p *proxy) scrape(w http.ResponseWriter, r *http.Request) (outcome string, 
 	// The proxy gives up waiting for a client a little before Prometheus
 	// does, so that Prometheus reads the reason instead of its own timeout.
 	// A push already streaming may use the full timeout.
-	deadline := time.Now().Add(timeout)
+	start := time.Now()
+	deadline := start.Add(timeout)
 	ctx, cancel := context.WithDeadline(r.Context(), deadline.Add(-answerMargin(timeout)))
 	defer cancel()
 	id := uuid.NewString()
@@ -209,10 +219,20 @@ func (p *proxy) scrape(w http.ResponseWriter, r *http.Request) (outcome string, 
 	if err := p.coord.submit(s); err != nil {
 		return outcomeRefused, httpError(w, http.StatusServiceUnavailable, "%v", err)
 	}
+	defer func() {
+		// A relay that aborts records its outcome itself.
+		if outcome != "" {
+			p.coord.recordOutcome(s, outcome)
+		}
+	}()
 	closed := p.coord.closed
 	for {
 		select {
 		case answer := <-s.pushed:
+			// handedAt was set under the coordinator's lock before the push
+			// could take the scrape, so it is safe to read here.
+			p.metrics.scrapeWait.Observe(s.handedAt.Sub(start).Seconds())
+			p.metrics.scrapeClient.Observe(time.Since(s.handedAt).Seconds())
 			return p.relay(w, s, answer)
 		case <-closed:
 			if p.coord.withdrawQueued(s) {
@@ -294,7 +314,8 @@ func (p *proxy) relay(w http.ResponseWriter, s *scrape, answer *pushed) (outcome
 	// Prometheus stops waiting at the deadline; so does the copy.
 	_ = rc.SetWriteDeadline(s.deadline)
 	w.WriteHeader(resp.StatusCode)
-	_, err := io.Copy(w, resp.Body)
+	n, err := io.Copy(w, resp.Body)
+	p.metrics.proxiedBytes.Add(float64(n))
 	if err == nil {
 		err = rc.Flush()
 	}
@@ -303,6 +324,7 @@ func (p *proxy) relay(w http.ResponseWriter, s *scrape, answer *pushed) (outcome
 		level.Debug(p.logger).Log("msg", "relaying pushed scrape failed", "fqdn", s.fqdn, "scrape_id", s.id, "err", err)
 		p.metrics.scrapes.WithLabelValues(outcomeAborted).Inc()
 		p.metrics.proxied.WithLabelValues(strconv.Itoa(resp.StatusCode)).Inc()
+		p.coord.recordOutcome(s, outcomeAborted)
 		// Abort the response so that Prometheus sees a broken transfer,
 		// not a complete but truncated body.
 		panic(http.ErrAbortHandler)
@@ -385,17 +407,39 @@ type clientGroup struct {
 	Labels  map[string]string `json:"labels"`
 }
 
-// handleClients lists the known clients as file_sd target groups.
-func (p *proxy) handleClients(w http.ResponseWriter, _ *http.Request) {
-	fqdns := p.coord.clientList()
-	groups := make([]clientGroup, 0, len(fqdns))
-	for _, fqdn := range fqdns {
-		groups = append(groups, clientGroup{Targets: []string{fqdn}})
+// handleClients lists the known clients as file_sd and http_sd target
+// groups. Query parameters label=name=value keep only clients with those
+// labels.
+func (p *proxy) handleClients(w http.ResponseWriter, r *http.Request) {
+	filter := map[string]string{}
+	for _, pair := range r.URL.Query()["label"] {
+		name, value, err := util.ParseLabel(pair)
+		if err != nil {
+			httpError(w, http.StatusBadRequest, "bad label filter: %v", err)
+			return
+		}
+		filter[name] = value
+	}
+	groups := []clientGroup{}
+	for _, client := range p.coord.clientList() {
+		if matchLabels(client.Labels, filter) {
+			groups = append(groups, clientGroup{Targets: []string{client.FQDN}, Labels: client.Labels})
+		}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	if err := json.NewEncoder(w).Encode(groups); err != nil {
 		level.Debug(p.logger).Log("msg", "writing client list failed", "err", err)
 	}
+}
+
+// matchLabels reports whether labels has every name and value of filter.
+func matchLabels(labels, filter map[string]string) bool {
+	for name, value := range filter {
+		if got, ok := labels[name]; !ok || got != value {
+			return false
+		}
+	}
+	return true
 }
 
 // httpError answers with a one-line plain text reason and returns the code.

@@ -20,6 +20,8 @@ import (
 	"github.com/go-kit/log/level"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
+	"github.com/prometheus/common/version"
 
 	"github.com/rancher/pushprox/util"
 )
@@ -66,6 +68,7 @@ func (c config) validate() error {
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	app := kingpin.New("pushprox-proxy", "Proxy for Prometheus scrapes of targets behind pushprox-client.")
 	app.HelpFlag.Short('h')
+	app.Version(version.Print("pushprox-proxy"))
 	app.UsageWriter(stderr)
 	app.ErrorWriter(stderr)
 	helped := false
@@ -89,6 +92,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	app.Flag("log.format", "Output format of log messages: "+fmt.Sprint(util.LogFormats)).
 		Default("logfmt").EnumVar(&cfg.logFormat, util.LogFormats...)
 
+	// Every flag can also be set as PUSHPROX_PROXY_<FLAG>, for containers.
+	app.DefaultEnvars()
 	if err := util.ParseFlags(app, args); err != nil {
 		return nil, err
 	}
@@ -120,6 +125,7 @@ func run(args []string, stderr io.Writer) int {
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		versioncollector.NewCollector("pushprox"),
 	)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

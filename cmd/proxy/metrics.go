@@ -26,6 +26,9 @@ type metrics struct {
 	scrapes        *prometheus.CounterVec
 	pollsEmpty     prometheus.Counter
 	pushesRejected *prometheus.CounterVec
+	scrapeWait     prometheus.Observer
+	scrapeClient   prometheus.Observer
+	proxiedBytes   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, coord *coordinator) *metrics {
@@ -45,7 +48,18 @@ func newMetrics(reg prometheus.Registerer, coord *coordinator) *metrics {
 	for _, outcome := range []string{outcomeDelivered, outcomeTargetError, outcomeNoClient, outcomeClientTimeout, outcomeAborted, outcomeRefused} {
 		outcomes.WithLabelValues(outcome)
 	}
+	phases := factory.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "pushprox_proxy_scrape_phase_seconds",
+		Help:    "Time of delivered scrapes by phase: waiting for a poll of the target's client, and the client's round trip until its push arrives.",
+		Buckets: []float64{.001, .005, .01, .05, .1, .5, 1, 5, 10, 30},
+	}, []string{"phase"})
 	return &metrics{
+		scrapeWait:   phases.WithLabelValues("wait_for_poll"),
+		scrapeClient: phases.WithLabelValues("client"),
+		proxiedBytes: factory.NewCounter(prometheus.CounterOpts{
+			Name: "pushprox_proxy_proxied_bytes_total",
+			Help: "Bytes of scrape answers relayed to Prometheus.",
+		}),
 		httpRequests: factory.NewCounterVec(prometheus.CounterOpts{
 			Name: "pushprox_http_requests_total",
 			Help: "Number of HTTP requests to the proxy's own endpoints.",
