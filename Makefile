@@ -1,14 +1,23 @@
 GO      ?= go
 BINARIES = pushprox-proxy pushprox-client
 
+# Build information shown by --version and the pushprox_build_info metric.
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+BRANCH   ?= $(shell git rev-parse --abbrev-ref HEAD 2>/dev/null || echo unknown)
+VERSION_PKG = github.com/prometheus/common/version
+LDFLAGS  = -X $(VERSION_PKG).Version=$(VERSION) -X $(VERSION_PKG).Revision=$(REVISION) \
+           -X $(VERSION_PKG).Branch=$(BRANCH) -X $(VERSION_PKG).BuildUser=$(shell id -un)@$(shell hostname) \
+           -X $(VERSION_PKG).BuildDate=$(shell date -u +%Y%m%d-%H:%M:%S)
+
 .PHONY: all build test e2e lint check bench clean
 
 all: build
 
 ## build: compile ./pushprox-proxy and ./pushprox-client
 build:
-	$(GO) build -o pushprox-proxy ./cmd/proxy
-	$(GO) build -o pushprox-client ./cmd/client
+	$(GO) build -ldflags '$(LDFLAGS)' -o pushprox-proxy ./cmd/proxy
+	$(GO) build -ldflags '$(LDFLAGS)' -o pushprox-client ./cmd/client
 
 ## test: every Go test, with the race detector
 test:

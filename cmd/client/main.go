@@ -133,11 +133,13 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 
 	// Every flag can also be set as PUSHPROX_CLIENT_<FLAG>, for containers.
 	app.DefaultEnvars()
-	if err := util.ParseFlags(app, args); err != nil {
-		return nil, err
-	}
+	err := util.ParseFlags(app, args)
 	if helped {
+		// --help or --version was answered; nothing else matters.
 		return nil, nil
+	}
+	if err != nil {
+		return nil, err
 	}
 	for _, raw := range proxyURLs {
 		u, err := util.ParseProxyURL(raw)

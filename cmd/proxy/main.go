@@ -94,11 +94,13 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 
 	// Every flag can also be set as PUSHPROX_PROXY_<FLAG>, for containers.
 	app.DefaultEnvars()
-	if err := util.ParseFlags(app, args); err != nil {
-		return nil, err
-	}
+	err := util.ParseFlags(app, args)
 	if helped {
+		// --help or --version was answered; nothing else matters.
 		return nil, nil
+	}
+	if err != nil {
+		return nil, err
 	}
 	cfg.maxPushBytes = int64(*maxPushBytes)
 	if err := cfg.validate(); err != nil {

@@ -1,0 +1,167 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/rancher/pushprox/util"
+)
+
+// getBody fetches url and returns status, content type and body.
+func getBody(t *testing.T, url string) (int, string, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, resp.Header.Get("Content-Type"), string(body)
+}
+
+func TestClientLabelsInDiscovery(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	tp.startClient(t, "node1.example", "--label=env=prod", "--label=team=infra")
+	// A second client with the same FQDN and other labels: a replica.
+	tp.startClient(t, "node1.example", "--label=env=staging")
+	tp.startClient(t, "node2.example")
+
+	for _, tc := range []struct {
+		name  string
+		query string
+		want  []clientGroup
+	}{
+		{name: "all", want: []clientGroup{
+			{Targets: []string{"node1.example"}, Labels: map[string]string{"env": "prod", "team": "infra"}},
+			{Targets: []string{"node1.example"}, Labels: map[string]string{"env": "staging"}},
+			{Targets: []string{"node2.example"}},
+		}},
+		{name: "filtered", query: "?label=env=prod", want: []clientGroup{
+			{Targets: []string{"node1.example"}, Labels: map[string]string{"env": "prod", "team": "infra"}},
+		}},
+		{name: "no match", query: "?label=env=dev", want: []clientGroup{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, contentType, body := getBody(t, tp.srv.URL+"/clients"+tc.query)
+			if code != http.StatusOK || contentType != "application/json" {
+				t.Fatalf("got %d %q: %s", code, contentType, body)
+			}
+			var got []clientGroup
+			if err := json.Unmarshal([]byte(body), &got); err != nil {
+				t.Fatalf("not JSON: %v: %s", err, body)
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("got %s, want %d groups", body, len(tc.want))
+			}
+			for i := range got {
+				if strings.Join(got[i].Targets, ",") != strings.Join(tc.want[i].Targets, ",") ||
+					util.LabelsKey(got[i].Labels) != util.LabelsKey(tc.want[i].Labels) {
+					t.Errorf("group %d = %+v, want %+v", i, got[i], tc.want[i])
+				}
+			}
+		})
+	}
+	if code, _, body := getBody(t, tp.srv.URL+"/clients?label=__bad=x"); code != http.StatusBadRequest {
+		t.Errorf("bad filter answered %d: %s", code, body)
+	}
+
+	code, contentType, page := getBody(t, tp.srv.URL+"/")
+	if code != http.StatusOK || !strings.HasPrefix(contentType, "text/html") {
+		t.Fatalf("landing page: %d %q", code, contentType)
+	}
+	for _, want := range []string{"node1.example", "node2.example", `env=&#34;prod&#34;`} {
+		if !strings.Contains(page, want) {
+			t.Errorf("landing page lacks %s", want)
+		}
+	}
+}
+
+func TestPollWithBadLabelsIsRejected(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	for _, labels := range []string{"__name__=x", "1bad=x", "a=1&a=2", "%zz"} {
+		resp, err := tp.poll(context.Background(), "node1", http.Header{util.HeaderLabels: {labels}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("labels %q: %s, want 400", labels, resp.Status)
+		}
+	}
+}
+
+func TestHealthAndReadiness(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	if code, _, _ := getBody(t, tp.srv.URL+"/-/healthy"); code != http.StatusOK {
+		t.Errorf("/-/healthy: %d", code)
+	}
+	if code, _, _ := getBody(t, tp.srv.URL+"/-/ready"); code != http.StatusOK {
+		t.Errorf("/-/ready: %d", code)
+	}
+	tp.coord.shutdown()
+	if code, _, _ := getBody(t, tp.srv.URL+"/-/ready"); code != http.StatusServiceUnavailable {
+		t.Errorf("/-/ready while shutting down: %d, want 503", code)
+	}
+	if code, _, _ := getBody(t, tp.srv.URL+"/-/healthy"); code != http.StatusOK {
+		t.Errorf("/-/healthy while shutting down: %d", code)
+	}
+}
+
+func TestClientServesEveryProxy(t *testing.T) {
+	first := startProxy(t, defaultConfig())
+	second := startProxy(t, defaultConfig())
+	target := startTarget(t, "up 1\n")
+	first.startClient(t, "127.0.0.1", "--proxy-url="+second.srv.URL)
+	second.waitParked(t, 1)
+
+	scrapeOK := func(tp *testProxy) {
+		t.Helper()
+		resp := tp.scrape(t, target.URL+"/metrics", http.Header{util.HeaderScrapeTimeoutSeconds: {"30"}})
+		if body, _ := io.ReadAll(resp.Body); resp.StatusCode != http.StatusOK || string(body) != "up 1\n" {
+			t.Fatalf("scrape: %s %q", resp.Status, body)
+		}
+	}
+	for i := 0; i < 3; i++ {
+		scrapeOK(first)
+		scrapeOK(second)
+	}
+	// The first proxy goes away; the second keeps serving every scrape.
+	first.coord.shutdown()
+	first.srv.CloseClientConnections()
+	first.srv.Close()
+	for i := 0; i < 5; i++ {
+		scrapeOK(second)
+	}
+}
+
+func TestVersionFlag(t *testing.T) {
+	var out strings.Builder
+	if code := run([]string{"--version"}, &out); code != 0 {
+		t.Fatalf("--version exited %d: %s", code, out.String())
+	}
+	if !strings.Contains(out.String(), "pushprox-proxy, version") {
+		t.Errorf("--version printed %q", out.String())
+	}
+}
+
+func TestFlagsFromEnvironment(t *testing.T) {
+	t.Setenv("PUSHPROX_PROXY_SCRAPE_DEFAULT_TIMEOUT", "7s")
+	cfg, err := parseFlags(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.defaultTimeout.String() != "7s" {
+		t.Errorf("default timeout %s, want 7s from the environment", cfg.defaultTimeout)
+	}
+	t.Setenv("PUSHPROX_PROXY_SCRAPE_DEFAULT_TIMEOUT", "soon")
+	if _, err := parseFlags(nil, io.Discard); err == nil || !strings.Contains(err.Error(), "PUSHPROX_PROXY_SCRAPE_DEFAULT_TIMEOUT") {
+		t.Errorf("bad environment value: %v", err)
+	}
+}
