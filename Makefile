@@ -36,5 +36,9 @@ lint:
 ## check: everything CI runs
 check: lint test e2e
 
+## bench: the real binaries against a direct scrape on loopback, one table (docs/performance.md)
+bench: build
+	$(GO) run ./bench --proxy=./pushprox-proxy --client=./pushprox-client $(BENCH_FLAGS)
+
 clean:
 	rm -f $(BINARIES)

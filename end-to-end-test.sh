@@ -186,14 +186,19 @@ for tool in prometheus promtool prometheus-node-exporter curl jq openssl python3
   command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
 
-mapfile -t PORTS < <(free_ports 5)
+mapfile -t PORTS < <(free_ports 8)
 NE_PORT=${PORTS[0]}
 NE_TLS_PORT=${PORTS[1]}
 PROXY_PORT=${PORTS[2]}
 CLIENT_PORT=${PORTS[3]}
 PROM_PORT=${PORTS[4]}
+NE_AUTH_PORT=${PORTS[5]}
+LOCKED_PROXY_PORT=${PORTS[6]}
+LOCKED_CLIENT_PORT=${PORTS[7]}
 PROXY_URL="http://127.0.0.1:$PROXY_PORT"
+LOCKED_PROXY_URL="https://127.0.0.1:$LOCKED_PROXY_PORT"
 log "ports: node-exporter=$NE_PORT node-exporter-tls=$NE_TLS_PORT proxy=$PROXY_PORT client=$CLIENT_PORT prometheus=$PROM_PORT"
+log "locked-down ports: node-exporter-auth=$NE_AUTH_PORT proxy=$LOCKED_PROXY_PORT client=$LOCKED_CLIENT_PORT"
 
 make_certs() {
   local d=$TMP_DIR/tls
@@ -214,6 +219,48 @@ tls_server_config:
   cert_file: $d/server.crt
   key_file: $d/server.key
 EOF
+}
+
+# The locked-down deployment: a proxy with TLS and basic auth, a client that
+# authenticates with a password file and may scrape one target only, and a
+# target that wants its own credentials. Fixed test passwords, bcrypt cost 10.
+readonly PROM_PASSWORD=prom-secret     # Prometheus to the proxy
+readonly CLIENT_PASSWORD=client-secret # the client to the proxy
+readonly TARGET_PASSWORD=target-secret # Prometheus to the target, through both
+# shellcheck disable=SC2016 # a literal bcrypt hash
+readonly PROM_HASH='$2a$10$ec1tRtxavf9U2vuvJiNPhOmI6.PlZW3Og7kZkJWNEmyrUAeVy5rty'
+# shellcheck disable=SC2016 # a literal bcrypt hash
+readonly CLIENT_HASH='$2a$10$yk9wr083UhKCwPtzIey79O8VtXt97aSb/6iHNy.lYxBZFBhIzDbIC'
+# shellcheck disable=SC2016 # a literal bcrypt hash
+readonly TARGET_HASH='$2a$10$BK/ES2sG.lPNh.SXqNGoUubC/OxDKC5r4wVPdiSswfT.tYFIK1ewW'
+
+write_locked_configs() {
+  local d=$TMP_DIR/tls
+  cat >"$TMP_DIR/locked-proxy-web.yml" <<EOF
+tls_server_config:
+  cert_file: $d/server.crt
+  key_file: $d/server.key
+basic_auth_users:
+  prometheus: $PROM_HASH
+  client: $CLIENT_HASH
+EOF
+  cat >"$TMP_DIR/node-exporter-auth-web.yml" <<EOF
+tls_server_config:
+  cert_file: $d/server.crt
+  key_file: $d/server.key
+basic_auth_users:
+  target: $TARGET_HASH
+EOF
+  # The client's own metrics listener: TLS, and Prometheus' user.
+  cat >"$TMP_DIR/locked-client-web.yml" <<EOF
+tls_server_config:
+  cert_file: $d/server.crt
+  key_file: $d/server.key
+basic_auth_users:
+  prometheus: $PROM_HASH
+EOF
+  printf '%s\n' "$CLIENT_PASSWORD" >"$TMP_DIR/client.password"
+  chmod 600 "$TMP_DIR/client.password"
 }
 
 node_exporter_args() {
@@ -253,6 +300,31 @@ scrape_configs:
     proxy_url: $PROXY_URL/
     static_configs:
       - targets: ['no-such-client.invalid:9100']
+  # Locked down: TLS and credentials to the proxy in proxy_url (sent as
+  # Proxy-Authorization); tls_config verifies the proxy, as the targets are
+  # plain http to Prometheus. basic_auth is the target's own.
+  - job_name: locked
+    proxy_url: https://prometheus:$PROM_PASSWORD@127.0.0.1:$LOCKED_PROXY_PORT/
+    tls_config:
+      ca_file: $TMP_DIR/tls/ca.crt
+    basic_auth:
+      username: target
+      password: $TARGET_PASSWORD
+    params:
+      _scheme: [https]
+    static_configs:
+      - targets: ['$FQDN:$NE_AUTH_PORT']
+  - job_name: locked-wrong-password
+    proxy_url: https://prometheus:not-$PROM_PASSWORD@127.0.0.1:$LOCKED_PROXY_PORT/
+    tls_config:
+      ca_file: $TMP_DIR/tls/ca.crt
+    basic_auth:
+      username: target
+      password: $TARGET_PASSWORD
+    params:
+      _scheme: [https]
+    static_configs:
+      - targets: ['$FQDN:$NE_AUTH_PORT']
 EOF
 }
 
@@ -261,7 +333,40 @@ client_registered() {
     jq -e --arg fqdn "$FQDN" 'type == "array" and any(.[]; (.targets // []) | index($fqdn))' >/dev/null
 }
 
+# locked_client_registered: the locked-down client is listed by its proxy.
+locked_client_registered() {
+  curl -fsS --max-time 2 --cacert "$TMP_DIR/tls/ca.crt" -u "prometheus:$PROM_PASSWORD" \
+    "$LOCKED_PROXY_URL/clients" 2>/dev/null |
+    jq -e --arg fqdn "$FQDN" 'type == "array" and any(.[]; (.targets // []) | index($fqdn))' >/dev/null
+}
+
+# locked_status EXPECTED CURL_ARGS...: curl answers with status EXPECTED.
+locked_status() {
+  local want=$1 got
+  shift
+  got=$(curl -sS --max-time 5 -o "$TMP_DIR/locked-answer" -w '%{http_code}' \
+    --cacert "$TMP_DIR/tls/ca.crt" "$@" 2>/dev/null) || return 1
+  [[ $got == "$want" ]]
+}
+
+# locked_refuses_other_target: asked for a target not in its --scrape.allow,
+# the client pushes the reason back.
+locked_refuses_other_target() {
+  locked_status 500 --proxy "$LOCKED_PROXY_URL" --proxy-user "prometheus:$PROM_PASSWORD" \
+    --proxy-cacert "$TMP_DIR/tls/ca.crt" -H 'X-Prometheus-Scrape-Timeout-Seconds: 5' \
+    "http://$FQDN:$NE_PORT/metrics" &&
+    grep -q 'not allowed by --scrape.allow' "$TMP_DIR/locked-answer"
+}
+
+# locked_wrong_password_down: the job with a wrong proxy password is down
+# with the proxy's 407.
+locked_wrong_password_down() {
+  target_info locked-wrong-password |
+    jq -e 'length > 0 and all(.[]; .health == "down" and ((.lastError // "") | test("407")))' >/dev/null
+}
+
 make_certs
+write_locked_configs
 
 # shellcheck disable=SC2046 # word splitting of the fixed argument list is intended
 start_bg node-exporter prometheus-node-exporter $(node_exporter_args "$NE_PORT")
@@ -271,6 +376,17 @@ start_bg node-exporter-tls prometheus-node-exporter $(node_exporter_args "$NE_TL
 start_bg proxy "$PROXY_BIN" --web.listen-address="127.0.0.1:$PROXY_PORT" --log.level=debug
 start_bg client "$CLIENT_BIN" --fqdn="$FQDN" --proxy-url="$PROXY_URL" \
   --metrics-addr="127.0.0.1:$CLIENT_PORT" --tls.cacert="$TMP_DIR/tls/ca.crt" --log.level=debug
+# shellcheck disable=SC2046
+start_bg node-exporter-auth prometheus-node-exporter $(node_exporter_args "$NE_AUTH_PORT") \
+  --web.config.file="$TMP_DIR/node-exporter-auth-web.yml"
+start_bg locked-proxy "$PROXY_BIN" --web.listen-address="127.0.0.1:$LOCKED_PROXY_PORT" \
+  --web.config.file="$TMP_DIR/locked-proxy-web.yml" --log.level=debug
+start_bg locked-client "$CLIENT_BIN" --fqdn="$FQDN" --proxy-url="$LOCKED_PROXY_URL" \
+  --tls.cacert="$TMP_DIR/tls/ca.crt" --proxy.username=client \
+  --proxy.password-file="$TMP_DIR/client.password" \
+  --scrape.tls.cacert="$TMP_DIR/tls/ca.crt" --scrape.allow="$FQDN:$NE_AUTH_PORT/metrics" \
+  --metrics-addr="127.0.0.1:$LOCKED_CLIENT_PORT" --web.config.file="$TMP_DIR/locked-client-web.yml" \
+  --log.level=debug
 
 wait_for 15 http_ok "http://127.0.0.1:$NE_PORT/metrics" ||
   die "node exporter did not come up"
@@ -281,6 +397,9 @@ wait_for 15 http_ok "$PROXY_URL/metrics" ||
 wait_for 20 client_registered ||
   die "client did not show up in $PROXY_URL/clients"
 log "client registered"
+wait_for 20 locked_client_registered ||
+  die "locked-down client did not show up in $LOCKED_PROXY_URL/clients"
+log "locked-down client registered"
 
 curl -fsS --max-time 5 "$PROXY_URL/clients" >"$TMP_DIR/clients.json" ||
   die "could not fetch $PROXY_URL/clients"
@@ -306,9 +425,27 @@ check_query 'up{job="https"} == 1' 20 'up{job="https"}' "$ALL_ONE"
 check 'up{job="noclient"} == 0 with lastError' 20 noclient_down_with_error
 log "noclient lastError: $(target_info noclient | jq -r '.[0].lastError // "<none>"' 2>/dev/null || true)"
 
+check_query 'up{job="locked"} == 1 (TLS and basic auth to the proxy, basic auth to the target)' 20 \
+  'up{job="locked"}' "$ALL_ONE"
+check_query 'node_exporter_build_info{job="locked"} present' 10 \
+  'node_exporter_build_info{job="locked"}' "$NON_EMPTY"
+check 'locked proxy: wrong proxy password in Prometheus is down with 407' 20 locked_wrong_password_down
+log "locked-wrong-password lastError: $(target_info locked-wrong-password | jq -r '.[0].lastError // "<none>"' 2>/dev/null || true)"
+check 'locked proxy: scrape without credentials gets 407' 5 \
+  locked_status 407 --proxy "$LOCKED_PROXY_URL" --proxy-cacert "$TMP_DIR/tls/ca.crt" "http://$FQDN:$NE_AUTH_PORT/metrics"
+check 'locked proxy: /clients without credentials gets 401' 5 \
+  locked_status 401 "$LOCKED_PROXY_URL/clients"
+check 'locked proxy: poll with the wrong password gets 401' 5 \
+  locked_status 401 -u "client:$PROM_PASSWORD" --data-binary "$FQDN" "$LOCKED_PROXY_URL/poll"
+check 'locked client: target outside --scrape.allow refused with the reason' 10 locked_refuses_other_target
+check 'locked client: metrics listener wants credentials' 5 \
+  locked_status 401 "https://127.0.0.1:$LOCKED_CLIENT_PORT/metrics"
+check 'locked client: metrics listener with credentials' 5 \
+  locked_status 200 -u "prometheus:$PROM_PASSWORD" "https://127.0.0.1:$LOCKED_CLIENT_PORT/metrics"
+
 # The failing job must not disturb the others: each must have at least three
 # scrapes in the last 8s (four intervals), and all of them successful.
-for job in static filesd https; do
+for job in static filesd https locked; do
   check_query "up{job=\"$job\"} stays 1" 15 \
     "min_over_time(up{job=\"$job\"}[8s]) == 1 and count_over_time(up{job=\"$job\"}[8s]) >= 3" \
     "$ALL_ONE"

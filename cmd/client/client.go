@@ -46,7 +46,7 @@ type client struct {
 }
 
 func newClient(cfg config, logger log.Logger, reg prometheus.Registerer) (*client, error) {
-	tlsConfig, err := newTLSConfig(cfg.caFile, cfg.certFile, cfg.keyFile, cfg.insecureSkipVerify)
+	toProxy, toTarget, err := newTransports(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -54,8 +54,8 @@ func newClient(cfg config, logger log.Logger, reg prometheus.Registerer) (*clien
 		cfg:          cfg,
 		logger:       logger,
 		metrics:      newMetrics(reg),
-		proxyClient:  &http.Client{Transport: newTransport(tlsConfig)},
-		targetClient: &http.Client{Transport: newTransport(tlsConfig.Clone())},
+		proxyClient:  &http.Client{Transport: toProxy},
+		targetClient: &http.Client{Transport: toTarget},
 		slots:        make(chan struct{}, cfg.maxConcurrentScrapes),
 		labels:       util.EncodeLabels(cfg.labels),
 	}, nil
@@ -242,7 +242,8 @@ func parseScrapeRequest(body []byte) (*http.Request, error) {
 	if err != nil {
 		return nil, fmt.Errorf("poll answer is not a scrape request: %w", err)
 	}
-	if req.URL.Host == "" {
+	// A CONNECT request has a host but no scheme: it is no scrape either.
+	if !req.URL.IsAbs() || req.URL.Host == "" {
 		return nil, fmt.Errorf("poll answer is not a scrape request: %q is not an absolute URL", req.RequestURI)
 	}
 	if req.Header.Get(util.HeaderID) == "" {

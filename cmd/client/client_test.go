@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -34,8 +35,9 @@ import (
 // one passes.
 const waitLimit = 30 * time.Second
 
-// proxyBin is the real proxy binary, built once for the round-trip tests.
-var proxyBin string
+// proxyBin and clientBin are the real binaries, built once for the tests
+// that run them.
+var proxyBin, clientBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "pushprox-client-test")
@@ -43,11 +45,15 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	proxyBin, err = testbin.Build(dir, "github.com/rancher/pushprox/cmd/proxy")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
+	for pkg, bin := range map[string]*string{
+		"github.com/rancher/pushprox/cmd/proxy":  &proxyBin,
+		"github.com/rancher/pushprox/cmd/client": &clientBin,
+	} {
+		if *bin, err = testbin.Build(dir, pkg); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
@@ -96,7 +102,7 @@ func startFakeProxy(t *testing.T) *fakeProxy {
 	fp.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/poll"):
-			fp.handlePoll(t, w, r)
+			fp.handlePoll(w, r)
 		case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/push"):
 			fp.handlePush(t, w, r)
 		default:
@@ -108,7 +114,7 @@ func startFakeProxy(t *testing.T) *fakeProxy {
 	return fp
 }
 
-func (fp *fakeProxy) handlePoll(t *testing.T, w http.ResponseWriter, r *http.Request) {
+func (fp *fakeProxy) handlePoll(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
 		return
@@ -1232,5 +1238,50 @@ func TestRoundTripThroughRealProxy(t *testing.T) {
 				t.Errorf("target saw Id %q", v)
 			}
 		})
+	}
+}
+
+func TestClientBinaryServesAndStopsOnSignal(t *testing.T) {
+	target := startTarget(t, false, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "binary_up 1\n")
+	})
+	proxyURL := realProxy(t)
+	client := testbin.Start(t, clientBin,
+		"--proxy-url="+proxyURL.String(),
+		"--fqdn=node.example",
+		"--use-localhost",
+		"--allow-port="+port(t, target),
+		"--metrics-addr=127.0.0.1:0",
+		"--log.level=debug",
+	)
+	metricsAddr := client.WaitForOutput(regexp.MustCompile(`msg=polling .*metrics_address=(127\.0\.0\.1:\d+)`))[1]
+
+	scraper := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL), DisableCompression: true}}
+	t.Cleanup(scraper.CloseIdleConnections)
+	resp, err := scraper.Get("http://node.example:" + port(t, target) + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(body) != "binary_up 1\n" {
+		t.Errorf("scrape through the client binary: %s %q", resp.Status, body)
+	}
+
+	resp, err = http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatalf("client metrics: %v", err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, name := range []string{"pushprox_client_scrape_errors_total", "pushprox_client_push_errors_total", "pushprox_client_poll_errors_total"} {
+		if !strings.Contains(string(body), name) {
+			t.Errorf("client metrics lack %s", name)
+		}
+	}
+
+	client.Signal(syscall.SIGTERM)
+	if code := client.Wait(); code != 0 {
+		t.Errorf("client exited with %d after SIGTERM:\n%s", code, client.Output())
 	}
 }

@@ -53,6 +53,7 @@ type config struct {
 	labels               map[string]string
 	logLevel             string
 	logFormat            string
+	security             securityConfig
 }
 
 // validate reports the first setting that cannot work.
@@ -83,7 +84,7 @@ func (c config) validate() error {
 	case c.maxConcurrentScrapes < 1:
 		return errors.New("--scrape.max-concurrency must be at least 1")
 	}
-	return nil
+	return c.validateSecurity()
 }
 
 // parseFlags parses args into a config. A nil config and no error mean that
@@ -103,7 +104,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		StringVar(&cfg.fqdn)
 	app.Flag("proxy-url", "Base URL of the proxy; /poll and /push resolve against it.").
 		Required().StringsVar(&proxyURLs)
-	app.Flag("tls.cacert", "CA certificate file to verify the proxy and HTTPS targets.").
+	app.Flag("tls.cacert", "CA certificate file to verify the proxy, and HTTPS targets unless a --scrape.tls.* flag is given.").
 		ExistingFileVar(&cfg.caFile)
 	app.Flag("tls.cert", "Client certificate file.").ExistingFileVar(&cfg.certFile)
 	app.Flag("tls.key", "Client certificate's key file.").ExistingFileVar(&cfg.keyFile)
@@ -130,6 +131,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		Default("info").EnumVar(&cfg.logLevel, util.LogLevels...)
 	app.Flag("log.format", "Output format of log messages: "+fmt.Sprint(util.LogFormats)).
 		Default("logfmt").EnumVar(&cfg.logFormat, util.LogFormats...)
+	addSecurityFlags(app, &cfg.security)
 
 	// Every flag can also be set as PUSHPROX_CLIENT_<FLAG>, for containers.
 	app.DefaultEnvars()
@@ -227,7 +229,7 @@ func run(args []string, stderr io.Writer) int {
 		ErrorLog:          stdlog.New(log.NewStdlibAdapter(level.Debug(logger)), "", 0),
 	}
 	served := make(chan error, 1)
-	go func() { served <- metricsServer.Serve(ln) }()
+	go func() { served <- serveMetrics(metricsServer, ln, cfg.security.webConfigFile, logger) }()
 
 	level.Info(logger).Log("msg", "polling", "fqdn", cfg.fqdn, "proxies", fmt.Sprint(redacted(cfg.proxyURLs)), "metrics_address", ln.Addr().String())
 	c.Run(ctx)

@@ -32,16 +32,18 @@ func (c *client) doScrape(ctx context.Context, proxyURL *url.URL, req *http.Requ
 		c.refuse(ctx, proxyURL, req, err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	scrapeCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
-	resp, err := c.scrapeTarget(ctx, req)
+	resp, err := c.scrapeTarget(scrapeCtx, req)
 	if err != nil {
+		// Not under scrapeCtx: when its deadline is what failed the scrape,
+		// a push under it would fail too and the reason would be lost.
 		c.refuse(ctx, proxyURL, req, err)
 		return
 	}
 	defer resp.Body.Close()
-	if err := c.push(ctx, proxyURL, id, resp); err != nil {
+	if err := c.push(scrapeCtx, proxyURL, id, resp); err != nil {
 		c.metrics.pushErrors.Inc()
 		level.Warn(logger).Log("msg", "push failed", "err", err)
 		return
@@ -117,6 +119,9 @@ func (c *client) targetRequest(ctx context.Context, req *http.Request) (*http.Re
 	}
 	u.Scheme = scheme
 	u.Host = net.JoinHostPort(host, port)
+	if err := c.cfg.security.scrapeAllow.check(host, port, u.Path); err != nil {
+		return nil, err
+	}
 
 	out := req.Clone(ctx)
 	out.URL = &u

@@ -112,7 +112,11 @@ func (p *proxy) handlePoll(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "bad poll: %v", err)
 		return
 	}
-	pl := &poll{ctx: r.Context(), fqdn: fqdn, labels: labels, handed: make(chan *scrape, 1)}
+	if err := p.authorizePoll(r, fqdn); err != nil {
+		httpError(w, http.StatusForbidden, "%v", err)
+		return
+	}
+	pl := &poll{ctx: r.Context(), fqdn: fqdn, labels: labels, identity: requestIdentity(r), handed: make(chan *scrape, 1)}
 	s, err := p.coord.park(pl)
 	if err != nil {
 		httpError(w, http.StatusServiceUnavailable, "%v", err)
@@ -351,12 +355,18 @@ func (p *proxy) handlePush(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	limited.N = math.MaxInt64
+	// Only a final status can be relayed: WriteHeader panics below 100, and
+	// a 1xx would reach Prometheus as an empty 200.
+	if resp.StatusCode < 200 {
+		p.rejectPush(w, "malformed", http.StatusBadRequest, "pushed response has status %03d, not a final status", resp.StatusCode)
+		return
+	}
 	id := resp.Header.Get(util.HeaderID)
 	if id == "" {
 		p.rejectPush(w, "malformed", http.StatusBadRequest, "pushed response has no %s header", util.HeaderID)
 		return
 	}
-	s, err := p.coord.take(id, "")
+	s, err := p.coord.take(id, requestIdentity(r))
 	switch {
 	case errors.Is(err, errUnknownID):
 		p.rejectPush(w, "unknown_id", http.StatusNotFound, "scrape %q: %v", id, err)

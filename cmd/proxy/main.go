@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -40,10 +41,15 @@ type config struct {
 	shutdownTimeout     time.Duration
 	logLevel            string
 	logFormat           string
+	webConfigFile       string
+	bindFQDNToCert      bool
 
 	// clock tells the time for client registrations; nil means time.Now.
 	// Tests replace it.
 	clock func() time.Time
+	// readHeaderTimeout bounds the time to read a request head; zero means
+	// 10s. Not a flag; tests shorten it.
+	readHeaderTimeout time.Duration
 }
 
 // validate reports the first setting that cannot work.
@@ -60,7 +66,7 @@ func (c config) validate() error {
 	case c.shutdownTimeout < 0:
 		return errors.New("--web.shutdown-timeout must not be negative")
 	}
-	return nil
+	return c.validateSecurity()
 }
 
 // parseFlags parses args into a config. A nil config and no error mean that
@@ -91,6 +97,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		Default("info").EnumVar(&cfg.logLevel, util.LogLevels...)
 	app.Flag("log.format", "Output format of log messages: "+fmt.Sprint(util.LogFormats)).
 		Default("logfmt").EnumVar(&cfg.logFormat, util.LogFormats...)
+	app.Flag("web.config.file", "Exporter-toolkit web config file for TLS, client certificate verification and basic-auth users; re-read when it changes.").
+		ExistingFileVar(&cfg.webConfigFile)
+	app.Flag("auth.bind-fqdn-to-cert", "Accept a poll for an FQDN only from a verified client certificate that names it.").
+		BoolVar(&cfg.bindFQDNToCert)
 
 	// Every flag can also be set as PUSHPROX_PROXY_<FLAG>, for containers.
 	app.DefaultEnvars()
@@ -155,17 +165,21 @@ func listen(ctx context.Context, address string) (net.Listener, error) {
 // polls are answered, new scrapes refused, and scrapes already handed to
 // clients may finish within the shutdown timeout.
 func serve(ctx context.Context, cfg config, logger log.Logger, reg prometheus.Registerer, gatherer prometheus.Gatherer, ln net.Listener) error {
+	sec, err := newSecurity(cfg, logger, reg)
+	if err != nil {
+		return err
+	}
 	p := newProxy(cfg, logger, reg, gatherer)
 	defer p.close()
 	srv := &http.Server{
-		Handler:           p,
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler:           sec.handler(p),
+		ReadHeaderTimeout: cmp.Or(cfg.readHeaderTimeout, 10*time.Second),
 		MaxHeaderBytes:    256 << 10,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          stdlog.New(log.NewStdlibAdapter(level.Debug(logger)), "", 0),
 	}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- sec.serve(srv, ln) }()
 	select {
 	case err := <-served:
 		return err

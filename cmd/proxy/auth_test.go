@@ -1,0 +1,636 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/go-kit/log"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/rancher/pushprox/internal/testbin"
+	"github.com/rancher/pushprox/internal/testpki"
+	"github.com/rancher/pushprox/util"
+)
+
+// Passwords of the users in the test web config.
+var secPasswords = map[string]string{
+	"prometheus": "scrape-secret",
+	"alice":      "alice-secret",
+	"bob":        "bob-secret",
+}
+
+// secProxy is a proxy served in-process over TLS on loopback, locked down
+// by a web config file, composed as serve composes it.
+type secProxy struct {
+	*proxy
+	sec       *security
+	reg       *prometheus.Registry
+	ca        *testpki.CA
+	dir       string
+	webConfig string
+	addr      string // host:port of the listener
+}
+
+// secWebConfig renders a web config with TLS, client certificates verified
+// when given, and the given users.
+func secWebConfig(t *testing.T, passwords map[string]string) string {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n" +
+		"  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n")
+	if len(passwords) > 0 {
+		b.WriteString("basic_auth_users:\n")
+		users := make([]string, 0, len(passwords))
+		for user := range passwords {
+			users = append(users, user)
+		}
+		sort.Strings(users)
+		for _, user := range users {
+			// The lowest cost keeps the tests fast; the cost is in the hash.
+			hash, err := bcrypt.GenerateFromPassword([]byte(passwords[user]), bcrypt.MinCost)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(&b, "  %s: %s\n", user, hash)
+		}
+	}
+	return b.String()
+}
+
+// startSecProxy serves a proxy whose web config file holds webConfig, with
+// server.crt, server.key and ca.crt beside it.
+func startSecProxy(t *testing.T, bindFQDNToCert bool, webConfig string) *secProxy {
+	t.Helper()
+	dir := t.TempDir()
+	ca := testpki.NewCA(t, "pushprox test CA")
+	testpki.WriteFile(t, dir, "ca.crt", ca.PEM)
+	ca.Server(t).WriteFiles(t, dir, "server")
+	path := testpki.WriteFile(t, dir, "web.yml", []byte(webConfig))
+
+	cfg := defaultConfig()
+	cfg.webConfigFile = path
+	cfg.bindFQDNToCert = bindFQDNToCert
+	if err := cfg.validate(); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	sec, err := newSecurity(cfg, log.NewNopLogger(), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newProxy(cfg, log.NewNopLogger(), reg, reg)
+	srv := &http.Server{Handler: sec.handler(p)}
+	served := make(chan error, 1)
+	go func() { served <- sec.serve(srv, ln) }()
+	t.Cleanup(func() {
+		p.coord.shutdown()
+		srv.Close()
+		<-served
+		p.close()
+	})
+	return &secProxy{proxy: p, sec: sec, reg: reg, ca: ca, dir: dir, webConfig: path, addr: ln.Addr().String()}
+}
+
+// client returns an HTTP client that trusts the proxy's CA and presents
+// leaf, if not nil. Each request makes a new connection, so that it sees
+// the server's current certificate.
+func (sp *secProxy) client(t *testing.T, leaf *testpki.Leaf) *http.Client {
+	t.Helper()
+	cfg := &tls.Config{RootCAs: sp.ca.Pool()}
+	if leaf != nil {
+		cert := leaf.TLSCertificate(t)
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	transport := &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}
+	t.Cleanup(transport.CloseIdleConnections)
+	return &http.Client{Transport: transport}
+}
+
+// prometheus returns a client that uses the proxy as Prometheus does with
+// proxy_url: https://user:password@proxy/, and tls_config trusting its CA.
+func (sp *secProxy) prometheus(t *testing.T, user *url.Userinfo) *http.Client {
+	t.Helper()
+	proxyURL := &url.URL{Scheme: "https", Host: sp.addr, User: user}
+	transport := &http.Transport{
+		Proxy:              http.ProxyURL(proxyURL),
+		TLSClientConfig:    &tls.Config{RootCAs: sp.ca.Pool()},
+		DisableCompression: true,
+	}
+	t.Cleanup(transport.CloseIdleConnections)
+	return &http.Client{Transport: transport}
+}
+
+// secCreds are the credentials of one caller; zero values send none.
+type secCreds struct {
+	leaf     *testpki.Leaf
+	user     string
+	password string
+}
+
+// request sends method path to the proxy with creds in Authorization.
+func (sp *secProxy) request(t *testing.T, ctx context.Context, creds secCreds, method, path string, body io.Reader) (*http.Response, error) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, method, "https://"+sp.addr+path, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if creds.user != "" {
+		req.SetBasicAuth(creds.user, creds.password)
+	}
+	return sp.client(t, creds.leaf).Do(req)
+}
+
+// pollScrape polls as fqdn and returns the scrape request handed over.
+func (sp *secProxy) pollScrape(t *testing.T, creds secCreds, fqdn string) *http.Request {
+	t.Helper()
+	resp, err := sp.request(t, context.Background(), creds, http.MethodPost, "/poll", strings.NewReader(fqdn))
+	if err != nil {
+		t.Fatalf("poll: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		t.Fatalf("poll answered %s: %s", resp.Status, body)
+	}
+	req, err := http.ReadRequest(bufio.NewReader(resp.Body))
+	if err != nil {
+		t.Fatalf("reading scrape request: %v", err)
+	}
+	return req
+}
+
+// pushAnswer pushes a 200 with body for the scrape id and returns the
+// status and reason of the push's answer.
+func (sp *secProxy) pushAnswer(t *testing.T, creds secCreds, id, body string) (int, string) {
+	t.Helper()
+	answer := textResponse(http.StatusOK, body)
+	answer.Header.Set(util.HeaderID, id)
+	var buf bytes.Buffer
+	if err := answer.Write(&buf); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := sp.request(t, context.Background(), creds, http.MethodPost, "/push", &buf)
+	if err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	defer resp.Body.Close()
+	reason, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(reason)
+}
+
+// secScrapeResult is what Prometheus got.
+type secScrapeResult struct {
+	resp *http.Response
+	body string
+	err  error
+}
+
+// goScrapeAs starts a Prometheus scrape of target through the proxy.
+func (sp *secProxy) goScrapeAs(t *testing.T, user *url.Userinfo, target string, header http.Header) <-chan secScrapeResult {
+	t.Helper()
+	client := sp.prometheus(t, user)
+	done := make(chan secScrapeResult, 1)
+	go func() {
+		req, err := http.NewRequest(http.MethodGet, target, nil)
+		if err != nil {
+			done <- secScrapeResult{err: err}
+			return
+		}
+		for name, values := range header {
+			req.Header[name] = values
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			done <- secScrapeResult{err: err}
+			return
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- secScrapeResult{resp: resp, body: string(body), err: err}
+	}()
+	return done
+}
+
+// busy reports the scrapes queued or in flight and the clients known.
+func (sp *secProxy) busy() (scrapes, clients int) {
+	c := sp.coord
+	c.mu.Lock()
+	for _, queued := range c.queued {
+		scrapes += len(queued)
+	}
+	scrapes += len(c.inflight)
+	c.mu.Unlock()
+	return scrapes, len(c.clientList())
+}
+
+func TestWrongOrMissingCredentialsAreRefusedAndNothingHappens(t *testing.T) {
+	sp := startSecProxy(t, false, secWebConfig(t, secPasswords))
+	target := "http://node1:9100/metrics"
+	for _, tc := range []struct {
+		name     string
+		proxy    *url.Userinfo // Prometheus' proxy_url credentials; nil for a plain request
+		creds    secCreds      // Authorization for a plain request, the target's for a proxy request
+		method   string
+		path     string
+		body     string
+		endpoint string
+	}{
+		{name: "scrape without credentials", endpoint: "proxy"},
+		{name: "scrape with wrong password", proxy: url.UserPassword("prometheus", "wrong"), endpoint: "proxy"},
+		{name: "scrape as unknown user", proxy: url.UserPassword("mallory", "scrape-secret"), endpoint: "proxy"},
+		{name: "scrape with credentials only for the target", creds: secCreds{user: "prometheus", password: "scrape-secret"}, endpoint: "proxy"},
+		{name: "poll without credentials", method: http.MethodPost, path: "/poll", body: "node1", endpoint: "/poll"},
+		{name: "poll with wrong password", creds: secCreds{user: "alice", password: "bob-secret"}, method: http.MethodPost, path: "/poll", body: "node1", endpoint: "/poll"},
+		{name: "push without credentials", method: http.MethodPost, path: "/push", body: "HTTP/1.1 200 OK\r\nId: 1\r\n\r\n", endpoint: "/push"},
+		{name: "clients without credentials", method: http.MethodGet, path: "/clients", endpoint: "/clients"},
+		{name: "metrics with wrong password", creds: secCreds{user: "prometheus", password: "nope"}, method: http.MethodGet, path: "/metrics", endpoint: "/metrics"},
+		{name: "clients with a client certificate but no password", creds: secCreds{leaf: sp.ca.Client(t, "node1", "node1")}, method: http.MethodGet, path: "/clients", endpoint: "/clients"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := testutil.ToFloat64(sp.sec.refused.WithLabelValues(tc.endpoint))
+			var resp *http.Response
+			if tc.path == "" {
+				header := http.Header{util.HeaderScrapeTimeoutSeconds: {"30"}}
+				if tc.creds.user != "" {
+					req := &http.Request{Header: http.Header{}}
+					req.SetBasicAuth(tc.creds.user, tc.creds.password)
+					header.Set("Authorization", req.Header.Get("Authorization"))
+				}
+				result := <-sp.goScrapeAs(t, tc.proxy, target, header)
+				if result.err != nil {
+					t.Fatal(result.err)
+				}
+				resp = result.resp
+				if resp.StatusCode != http.StatusProxyAuthRequired {
+					t.Fatalf("status %s, want 407", resp.Status)
+				}
+				if got := resp.Header.Get("Proxy-Authenticate"); !strings.HasPrefix(got, "Basic realm=") {
+					t.Errorf("Proxy-Authenticate = %q, want a Basic challenge", got)
+				}
+			} else {
+				var err error
+				resp, err = sp.request(t, context.Background(), tc.creds, tc.method, tc.path, strings.NewReader(tc.body))
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusUnauthorized {
+					t.Fatalf("status %s, want 401", resp.Status)
+				}
+				if got := resp.Header.Get("WWW-Authenticate"); !strings.HasPrefix(got, "Basic realm=") {
+					t.Errorf("WWW-Authenticate = %q, want a Basic challenge", got)
+				}
+			}
+			if got := testutil.ToFloat64(sp.sec.refused.WithLabelValues(tc.endpoint)); got != before+1 {
+				t.Errorf("auth failures of %s = %v, want %v", tc.endpoint, got, before+1)
+			}
+			// The refusal is synchronous: had anything been queued or
+			// registered, it would be there now.
+			if scrapes, clients := sp.busy(); scrapes != 0 || clients != 0 {
+				t.Errorf("%d scrapes queued or in flight and %d clients known after a refused request", scrapes, clients)
+			}
+		})
+	}
+	// Refused requests never reached the proxy's endpoints.
+	if n := testutil.CollectAndCount(sp.metrics.httpRequests); n != 0 {
+		t.Errorf("%d request series counted by the endpoints, want none", n)
+	}
+}
+
+func TestAuthenticatedRoundTripKeepsTheTargetsAuthorization(t *testing.T) {
+	sp := startSecProxy(t, false, secWebConfig(t, secPasswords))
+	for _, tc := range []struct {
+		name  string
+		creds secCreds
+	}{
+		{name: "client with password", creds: secCreds{user: "alice", password: "alice-secret"}},
+		{name: "client with certificate", creds: secCreds{leaf: sp.ca.Client(t, "node1", "node1")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			done := sp.goScrapeAs(t, url.UserPassword("prometheus", "scrape-secret"), "http://node1:9100/metrics",
+				http.Header{"Authorization": {"Bearer target-token"}, util.HeaderScrapeTimeoutSeconds: {"30"}})
+			req := sp.pollScrape(t, tc.creds, "node1")
+			if got := req.Header.Get("Authorization"); got != "Bearer target-token" {
+				t.Errorf("target's Authorization = %q, want it untouched", got)
+			}
+			if got := req.Header.Get("Proxy-Authorization"); got != "" {
+				t.Errorf("Proxy-Authorization reached the client: %q", got)
+			}
+			if code, reason := sp.pushAnswer(t, tc.creds, req.Header.Get(util.HeaderID), "up 1\n"); code != http.StatusOK {
+				t.Fatalf("push answered %d: %s", code, reason)
+			}
+			result := <-done
+			if result.err != nil {
+				t.Fatal(result.err)
+			}
+			if result.resp.StatusCode != http.StatusOK || result.body != "up 1\n" {
+				t.Errorf("Prometheus got %s %q", result.resp.Status, result.body)
+			}
+		})
+	}
+	resp, err := sp.request(t, context.Background(), secCreds{user: "prometheus", password: "scrape-secret"}, http.MethodGet, "/clients", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"node1"`) {
+		t.Errorf("/clients answered %s %s", resp.Status, body)
+	}
+}
+
+func TestCertificateBindsPollsToItsNames(t *testing.T) {
+	sp := startSecProxy(t, true, secWebConfig(t, secPasswords))
+	hostA := sp.ca.Client(t, "host-a", "host-a.example.com")
+	for _, tc := range []struct {
+		name   string
+		creds  secCreds
+		fqdn   string
+		reason string // "" when the poll must be accepted
+	}{
+		{name: "DNS SAN", creds: secCreds{leaf: hostA}, fqdn: "host-a.example.com"},
+		{name: "DNS SAN in other case with root dot", creds: secCreds{leaf: hostA}, fqdn: "HOST-A.example.com."},
+		{name: "common name", creds: secCreds{leaf: hostA}, fqdn: "host-a"},
+		{name: "IP SAN", creds: secCreds{leaf: sp.ca.Issue(t, "ip", nil, []net.IP{net.IPv4(127, 0, 0, 1)}, x509.ExtKeyUsageClientAuth)}, fqdn: "127.0.0.1"},
+		{name: "wildcard SAN", creds: secCreds{leaf: sp.ca.Client(t, "fleet", "*.nodes.example.com")}, fqdn: "n1.nodes.example.com"},
+		{name: "another host", creds: secCreds{leaf: hostA}, fqdn: "host-b.example.com", reason: "does not name"},
+		{name: "password but no certificate", creds: secCreds{user: "alice", password: "alice-secret"}, fqdn: "host-c.example.com", reason: "needs a verified client certificate"},
+		{name: "certificate and password of another host", creds: secCreds{leaf: hostA, user: "alice", password: "alice-secret"}, fqdn: "host-b.example.com", reason: "does not name"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			answered := make(chan *http.Response, 1)
+			go func() {
+				resp, err := sp.request(t, ctx, tc.creds, http.MethodPost, "/poll", strings.NewReader(tc.fqdn))
+				if err != nil {
+					answered <- nil
+					return
+				}
+				answered <- resp
+			}()
+			if tc.reason == "" {
+				// Accepted: the poll parks. Ending it unparks it.
+				waitFor(t, "the poll to park", func() bool { return sp.coord.parkedCount() == 1 })
+				cancel()
+				<-answered
+				waitFor(t, "the poll to unpark", func() bool { return sp.coord.parkedCount() == 0 })
+				return
+			}
+			resp := <-answered
+			if resp == nil {
+				t.Fatal("poll failed")
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), tc.reason) {
+				t.Errorf("poll answered %s %q, want 403 saying %q", resp.Status, body, tc.reason)
+			}
+			if sp.coord.known(strings.TrimSpace(tc.fqdn)) {
+				t.Errorf("refused poll registered %s", tc.fqdn)
+			}
+		})
+	}
+}
+
+func TestPushForAScrapeHandedToAnotherClientIsForbidden(t *testing.T) {
+	for _, bind := range []bool{false, true} {
+		sp := startSecProxy(t, bind, secWebConfig(t, secPasswords))
+		certA := secCreds{leaf: sp.ca.Client(t, "node1", "node1")}
+		certB := secCreds{leaf: sp.ca.Client(t, "node2", "node2")}
+		for _, tc := range []struct {
+			name             string
+			poller, intruder secCreds
+		}{
+			{name: "certificate against certificate", poller: certA, intruder: certB},
+			{name: "certificate against password", poller: certA, intruder: secCreds{user: "bob", password: "bob-secret"}},
+			{name: "password against password", poller: secCreds{user: "alice", password: "alice-secret"}, intruder: secCreds{user: "bob", password: "bob-secret"}},
+			{name: "password against certificate", poller: secCreds{user: "alice", password: "alice-secret"}, intruder: certB},
+		} {
+			if bind && tc.poller.leaf == nil {
+				continue // with the binding, polls need a certificate
+			}
+			t.Run(fmt.Sprintf("bind=%v/%s", bind, tc.name), func(t *testing.T) {
+				done := sp.goScrapeAs(t, url.UserPassword("prometheus", "scrape-secret"), "http://node1:9100/metrics",
+					http.Header{util.HeaderScrapeTimeoutSeconds: {"30"}})
+				id := sp.pollScrape(t, tc.poller, "node1").Header.Get(util.HeaderID)
+				code, reason := sp.pushAnswer(t, tc.intruder, id, "injected 1\n")
+				if code != http.StatusForbidden || !strings.Contains(reason, errWrongClient.Error()) {
+					t.Errorf("intruder's push answered %d %q, want 403", code, reason)
+				}
+				// The scrape is still its poller's to answer.
+				if code, reason := sp.pushAnswer(t, tc.poller, id, "genuine 1\n"); code != http.StatusOK {
+					t.Fatalf("poller's push answered %d: %s", code, reason)
+				}
+				result := <-done
+				if result.err != nil {
+					t.Fatal(result.err)
+				}
+				if result.body != "genuine 1\n" {
+					t.Errorf("Prometheus got %q, want the poller's answer", result.body)
+				}
+			})
+		}
+	}
+}
+
+func TestPasswordChecksAreCached(t *testing.T) {
+	sp := startSecProxy(t, false, secWebConfig(t, secPasswords))
+	get := func(password string) int {
+		resp, err := sp.request(t, context.Background(), secCreds{user: "prometheus", password: password}, http.MethodGet, "/clients", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for i := 0; i < 5; i++ {
+		if code := get("scrape-secret"); code != http.StatusOK {
+			t.Fatalf("request %d answered %d", i, code)
+		}
+	}
+	if runs := sp.sec.bcryptRuns.Load(); runs != 1 {
+		t.Errorf("bcrypt ran %d times for 5 logins, want 1", runs)
+	}
+	// Failures are not remembered: a wrong password costs a comparison each time.
+	for i := 0; i < 2; i++ {
+		if code := get("wrong"); code != http.StatusUnauthorized {
+			t.Fatalf("wrong password answered %d", code)
+		}
+	}
+	if runs := sp.sec.bcryptRuns.Load(); runs != 3 {
+		t.Errorf("bcrypt ran %d times, want 3", runs)
+	}
+}
+
+func TestWebConfigChangesApplyWithoutRestart(t *testing.T) {
+	sp := startSecProxy(t, false, secWebConfig(t, map[string]string{"prometheus": "old-secret"}))
+	serverSerial := func() string {
+		conn, err := tls.Dial("tcp", sp.addr, &tls.Config{RootCAs: sp.ca.Pool()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	status := func(password string) int {
+		resp, err := sp.request(t, context.Background(), secCreds{user: "prometheus", password: password}, http.MethodGet, "/clients", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	reloadOK := func() float64 {
+		families, err := sp.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range families {
+			if f.GetName() == "pushprox_proxy_web_config_last_reload_successful" {
+				return f.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatal("no pushprox_proxy_web_config_last_reload_successful")
+		return 0
+	}
+
+	t.Run("server certificate", func(t *testing.T) {
+		before := serverSerial()
+		renewed := sp.ca.Server(t)
+		renewed.WriteFiles(t, sp.dir, "server")
+		if got := serverSerial(); got != renewed.Cert.SerialNumber.String() || got == before {
+			t.Errorf("handshake after renewal shows serial %s, want the renewed %s (was %s)", got, renewed.Cert.SerialNumber, before)
+		}
+	})
+	t.Run("users", func(t *testing.T) {
+		if code := status("old-secret"); code != http.StatusOK {
+			t.Fatalf("old password answered %d before the change", code)
+		}
+		testpki.WriteFile(t, sp.dir, "web.yml", []byte(secWebConfig(t, map[string]string{"prometheus": "new-secret"})))
+		if code := status("old-secret"); code != http.StatusUnauthorized {
+			t.Errorf("old password answered %d after the change, want 401", code)
+		}
+		if code := status("new-secret"); code != http.StatusOK {
+			t.Errorf("new password answered %d", code)
+		}
+		if got := reloadOK(); got != 1 {
+			t.Errorf("last reload successful = %v, want 1", got)
+		}
+	})
+	t.Run("invalid file keeps the previous configuration", func(t *testing.T) {
+		testpki.WriteFile(t, sp.dir, "web.yml", []byte("basic_auth_users: [not, a, map]\n"))
+		if code := status("new-secret"); code != http.StatusOK {
+			t.Errorf("password of the previous configuration answered %d", code)
+		}
+		if code := status(""); code != http.StatusUnauthorized {
+			t.Errorf("no password answered %d, want 401", code)
+		}
+		if got := reloadOK(); got != 0 {
+			t.Errorf("last reload successful = %v, want 0", got)
+		}
+	})
+}
+
+func TestSecurityFlagsAreChecked(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{name: "binding without web config", args: []string{"--auth.bind-fqdn-to-cert"}, want: "--auth.bind-fqdn-to-cert needs --web.config.file"},
+		{name: "binding without verified client certificates", args: []string{"--auth.bind-fqdn-to-cert", "--web.config.file=" + write("users.yml", "basic_auth_users: {}\n")}, want: "needs client_auth_type RequireAndVerifyClientCert"},
+		{name: "missing web config", args: []string{"--web.config.file=" + filepath.Join(dir, "none.yml")}, want: "web.config.file"},
+		{name: "unknown field", args: []string{"--web.config.file=" + write("unknown.yml", "basic_auth:\n  a: b\n")}, want: "--web.config.file: yaml: unmarshal errors: line 1: field basic_auth not found"},
+		{name: "not a bcrypt hash", args: []string{"--web.config.file=" + write("plain.yml", "basic_auth_users:\n  a: secret\n")}, want: "--web.config.file: crypto/bcrypt"},
+		{name: "certificate file missing", args: []string{"--web.config.file=" + write("tls.yml", "tls_server_config:\n  cert_file: gone.crt\n  key_file: gone.key\n")}, want: "--web.config.file: failed to read cert_file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			if code := run(tc.args, &out); code != 2 {
+				t.Fatalf("exited %d, want 2: %s", code, out.String())
+			}
+			if !strings.Contains(out.String(), tc.want) {
+				t.Errorf("output %q does not say %q", out.String(), tc.want)
+			}
+			if lines := strings.Count(strings.TrimSpace(out.String()), "\n"); lines != 0 {
+				t.Errorf("reason takes %d lines, want 1: %q", lines+1, out.String())
+			}
+		})
+	}
+}
+
+func TestLockedDownRoundTripThroughRealClient(t *testing.T) {
+	target := startTarget(t, "# TYPE up gauge\nup 1\n")
+	targetURL := target.URL + "/metrics"
+	for _, tc := range []struct {
+		name string
+		bind bool
+		// args name the proxy and authenticate the client to it.
+		args func(sp *secProxy) []string
+	}{
+		{name: "password file", args: func(sp *secProxy) []string {
+			return []string{"--proxy-url=https://" + sp.addr, "--proxy.username=alice",
+				"--proxy.password-file=" + testpki.WriteFile(t, sp.dir, "alice.pw", []byte("alice-secret\n"))}
+		}},
+		{name: "password in proxy URL", args: func(sp *secProxy) []string {
+			return []string{"--proxy-url=https://alice:alice-secret@" + sp.addr + "/"}
+		}},
+		{name: "certificate bound to the FQDN", bind: true, args: func(sp *secProxy) []string {
+			certFile, keyFile := sp.ca.Issue(t, "127.0.0.1", nil, []net.IP{net.IPv4(127, 0, 0, 1)}, x509.ExtKeyUsageClientAuth).WriteFiles(t, sp.dir, "client")
+			return []string{"--proxy-url=https://" + sp.addr, "--tls.cert=" + certFile, "--tls.key=" + keyFile}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sp := startSecProxy(t, tc.bind, secWebConfig(t, secPasswords))
+			args := append([]string{
+				"--fqdn=127.0.0.1",
+				"--tls.cacert=" + filepath.Join(sp.dir, "ca.crt"),
+				"--metrics-addr=127.0.0.1:0",
+				"--proxy.retry.initial-wait=50ms",
+				"--proxy.retry.max-wait=200ms",
+				"--log.level=debug",
+			}, tc.args(sp)...)
+			client := testbin.Start(t, clientBinary, args...)
+			client.WaitForOutput(regexp.MustCompile(`msg=polling`))
+			waitFor(t, "the client's poll to park", func() bool { return sp.coord.parkedCount() == 1 })
+
+			result := <-sp.goScrapeAs(t, url.UserPassword("prometheus", "scrape-secret"), targetURL,
+				http.Header{util.HeaderScrapeTimeoutSeconds: {"30"}})
+			if result.err != nil {
+				t.Fatal(result.err)
+			}
+			if result.resp.StatusCode != http.StatusOK || result.body != target.body {
+				t.Errorf("Prometheus got %s %q, want the target's answer", result.resp.Status, result.body)
+			}
+		})
+	}
+}
