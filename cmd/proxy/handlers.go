@@ -378,7 +378,11 @@ func (p *proxy) handlePush(w http.ResponseWriter, r *http.Request) {
 		p.rejectPush(w, "forbidden", http.StatusForbidden, "scrape %q: %v", id, err)
 		return
 	}
-	// Reading the push stops when Prometheus stops waiting.
+	// Reading the push stops when Prometheus stops waiting. A read deadline
+	// that passes once the body is read to its end also cancels the
+	// context of every later request on this connection (net/http's
+	// background read fails), so such a connection is closed after the
+	// answer rather than reused.
 	_ = rc.SetReadDeadline(s.deadline)
 	answer := &pushed{resp: resp, done: make(chan error, 1)}
 	s.pushed <- answer
@@ -386,12 +390,26 @@ func (p *proxy) handlePush(w http.ResponseWriter, r *http.Request) {
 	case err = <-answer.done:
 	case <-s.ctx.Done():
 		select {
+		case err = <-answer.done:
+			// The relay ended as the scrape did.
 		case <-s.pushed:
 			// Prometheus went away before the answer was picked up.
+			w.Header().Set("Connection", "close")
 			p.rejectPush(w, "expired", http.StatusGone, "scrape %q: %v", id, errExpiredID)
 			return
-		case err = <-answer.done:
+		default:
+			if errors.Is(s.ctx.Err(), context.Canceled) {
+				// Prometheus went away during the relay: end its read
+				// of this push now, not at the scrape's deadline.
+				_ = rc.SetReadDeadline(time.Now())
+			}
+			// Otherwise the relay may use the full timeout.
+			err = <-answer.done
 		}
+	}
+	_ = rc.SetReadDeadline(time.Time{})
+	if err != nil || !time.Now().Before(s.deadline) {
+		w.Header().Set("Connection", "close")
 	}
 	if err != nil {
 		var tooBig *http.MaxBytesError
