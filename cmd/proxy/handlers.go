@@ -156,6 +156,7 @@ func (p *proxy) waitForScrape(w http.ResponseWriter, r *http.Request, pl *poll) 
 		if s := p.coord.unpark(pl); s != nil {
 			p.coord.requeue(s)
 		}
+		abandonPoll(w)
 		return nil
 	case <-expired:
 		if s := p.coord.unpark(pl); s != nil {
@@ -174,9 +175,18 @@ func (p *proxy) waitForScrape(w http.ResponseWriter, r *http.Request, pl *poll) 
 	}
 }
 
+// abandonPoll answers a poll whose connection looks gone. Usually nobody
+// reads the answer; if the client is there after all, it gets a clear
+// failure rather than an empty 200.
+func abandonPoll(w http.ResponseWriter) {
+	w.Header().Set("Connection", "close")
+	w.WriteHeader(http.StatusServiceUnavailable)
+}
+
 // deliver answers a poll with a scrape request.
 func (p *proxy) deliver(w http.ResponseWriter, r *http.Request, s *scrape) error {
 	if err := r.Context().Err(); err != nil {
+		abandonPoll(w)
 		return err
 	}
 	w.Header().Set("Content-Type", "application/http")
