@@ -157,6 +157,21 @@ noclient_down_with_error() {
     jq -e 'length > 0 and all(.[]; .health == "down" and (.lastError // "") != "")' >/dev/null
 }
 
+# promtool_lint URL: the metrics at URL pass promtool's checks.
+promtool_lint() {
+  local out
+  out=$(curl -fsS --max-time 3 "$1" 2>/dev/null) || return 1
+  promtool check metrics <<<"$out" >"$TMP_DIR/promtool-metrics.log" 2>&1
+}
+
+# health_ok: both binaries report healthy and ready.
+health_ok() {
+  local url
+  for url in "$PROXY_URL" "http://127.0.0.1:$CLIENT_PORT"; do
+    http_ok "$url/-/healthy" && http_ok "$url/-/ready" || return 1
+  done
+}
+
 # check NAME CAP CMD [ARGS...]: bounded wait for CMD; record PASS/FAIL.
 check() {
   local name=$1 cap=$2
@@ -290,6 +305,17 @@ scrape_configs:
         regex: '([^:]+)(?::\d+)?'
         target_label: __address__
         replacement: '\${1}:$NE_PORT'
+  # http_sd straight from the proxy, filtered by the client's labels.
+  - job_name: httpsd
+    proxy_url: $PROXY_URL/
+    http_sd_configs:
+      - url: $PROXY_URL/clients?label=env=e2e
+        refresh_interval: 5s
+    relabel_configs:
+      - source_labels: [__address__]
+        regex: '([^:]+)(?::\d+)?'
+        target_label: __address__
+        replacement: '\${1}:$NE_PORT'
   - job_name: https
     proxy_url: $PROXY_URL/
     params:
@@ -375,7 +401,8 @@ start_bg node-exporter-tls prometheus-node-exporter $(node_exporter_args "$NE_TL
   --web.config.file="$TMP_DIR/node-exporter-web.yml"
 start_bg proxy "$PROXY_BIN" --web.listen-address="127.0.0.1:$PROXY_PORT" --log.level=debug
 start_bg client "$CLIENT_BIN" --fqdn="$FQDN" --proxy-url="$PROXY_URL" \
-  --metrics-addr="127.0.0.1:$CLIENT_PORT" --tls.cacert="$TMP_DIR/tls/ca.crt" --log.level=debug
+  --metrics-addr="127.0.0.1:$CLIENT_PORT" --tls.cacert="$TMP_DIR/tls/ca.crt" --log.level=debug \
+  --label=env=e2e --label=rack=r1
 # shellcheck disable=SC2046
 start_bg node-exporter-auth prometheus-node-exporter $(node_exporter_args "$NE_AUTH_PORT") \
   --web.config.file="$TMP_DIR/node-exporter-auth-web.yml"
@@ -421,6 +448,10 @@ check_query 'up{job="static"} == 1' 40 'up{job="static"}' "$ALL_ONE"
 check_query 'node_exporter_build_info{job="static"} present' 10 \
   'node_exporter_build_info{job="static"}' "$NON_EMPTY"
 check_query 'up{job="filesd"} == 1' 30 'up{job="filesd"}' "$ALL_ONE"
+check_query 'up{job="filesd"} carries the client labels env="e2e", rack="r1"' 10 \
+  'up{job="filesd",env="e2e",rack="r1"}' "$ALL_ONE"
+check_query 'up{job="httpsd"} == 1 with the client labels (http_sd from /clients?label=env=e2e)' 30 \
+  'up{job="httpsd",env="e2e",rack="r1"}' "$ALL_ONE"
 check_query 'up{job="https"} == 1' 20 'up{job="https"}' "$ALL_ONE"
 check 'up{job="noclient"} == 0 with lastError' 20 noclient_down_with_error
 log "noclient lastError: $(target_info noclient | jq -r '.[0].lastError // "<none>"' 2>/dev/null || true)"
@@ -443,9 +474,13 @@ check 'locked client: metrics listener wants credentials' 5 \
 check 'locked client: metrics listener with credentials' 5 \
   locked_status 200 -u "prometheus:$PROM_PASSWORD" "https://127.0.0.1:$LOCKED_CLIENT_PORT/metrics"
 
+check 'proxy metrics pass promtool check metrics' 5 promtool_lint "$PROXY_URL/metrics"
+check 'client metrics pass promtool check metrics' 5 promtool_lint "http://127.0.0.1:$CLIENT_PORT/metrics"
+check 'proxy and client answer /-/healthy and /-/ready' 10 health_ok
+
 # The failing job must not disturb the others: each must have at least three
 # scrapes in the last 8s (four intervals), and all of them successful.
-for job in static filesd https locked; do
+for job in static filesd httpsd https locked; do
   check_query "up{job=\"$job\"} stays 1" 15 \
     "min_over_time(up{job=\"$job\"}[8s]) == 1 and count_over_time(up{job=\"$job\"}[8s]) >= 3" \
     "$ALL_ONE"
