@@ -46,7 +46,7 @@ type client struct {
 }
 
 func newClient(cfg config, logger log.Logger, reg prometheus.Registerer) (*client, error) {
-	toProxy, toTarget, err := newTransports(cfg)
+	toProxy, toTarget, err := newTransports(cfg, logger)
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/alecthomas/kingpin/v2"
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
 	"github.com/prometheus/exporter-toolkit/web"
 )
 
@@ -87,7 +89,12 @@ func (c config) validateSecurity() error {
 // newTransports returns the transport towards the proxies, which adds the
 // proxy credentials, and the one towards the targets, each with its own TLS
 // settings.
-func newTransports(cfg config) (toProxy http.RoundTripper, toTarget *http.Transport, err error) {
+func newTransports(cfg config, logger log.Logger) (toProxy http.RoundTripper, toTarget *http.Transport, err error) {
+	for _, u := range cfg.proxyURLs {
+		if u.Scheme == "http" && (u.User != nil || cfg.security.proxyUsername != "") {
+			level.Warn(logger).Log("msg", "proxy credentials cross the network in clear text: use an https proxy URL", "proxy", u.Redacted())
+		}
+	}
 	proxyTLS, err := newTLSConfig(cfg.caFile, cfg.certFile, cfg.keyFile, cfg.insecureSkipVerify)
 	if err != nil {
 		return nil, nil, err

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
 	"github.com/google/uuid"
 	"golang.org/x/crypto/bcrypt"
 
@@ -525,4 +527,27 @@ func (b *secLogBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+func TestSlogRecordsReachTheGoKitLogger(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		log  func(*slog.Logger)
+		want string
+	}{
+		{name: "levels map", log: func(l *slog.Logger) { l.Warn("careful", "err", "boom") }, want: "level=warn msg=careful err=boom\n"},
+		{name: "filtered by the go-kit level", log: func(l *slog.Logger) { l.Debug("noise") }, want: ""},
+		{name: "attributes and groups flatten", log: func(l *slog.Logger) {
+			l.With("a", 1).WithGroup("g").Info("m", "b", 2, slog.Group("h", "c", 3))
+		}, want: "level=info msg=m a=1 g.b=2 g.h.c=3\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			logger := level.NewFilter(log.NewLogfmtLogger(&out), level.AllowInfo())
+			tc.log(slog.New(&slogHandler{logger: logger}))
+			if out.String() != tc.want {
+				t.Errorf("logged %q, want %q", out.String(), tc.want)
+			}
+		})
+	}
 }

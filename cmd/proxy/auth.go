@@ -98,8 +98,11 @@ func newSecurity(cfg config, logger log.Logger, reg prometheus.Registerer) (*sec
 	for _, endpoint := range []string{"proxy", "/poll", "/push", "/clients", "/metrics", "other"} {
 		s.refused.WithLabelValues(endpoint)
 	}
-	level.Info(logger).Log("msg", "web config loaded", "file", cfg.webConfigFile, "tls", s.tls,
-		"basic_auth_users", len(file.current().config.Users))
+	users := len(file.current().config.Users)
+	level.Info(logger).Log("msg", "web config loaded", "file", cfg.webConfigFile, "tls", s.tls, "basic_auth_users", users)
+	if users > 0 && !s.tls {
+		level.Warn(logger).Log("msg", "basic_auth_users without tls_server_config: passwords cross the network in clear text", "file", cfg.webConfigFile)
+	}
 	return s, nil
 }
 
@@ -127,8 +130,9 @@ type authUserKey struct{}
 // before next sees it. Prometheus authenticates as to any HTTP proxy, with
 // Proxy-Authorization, and its Authorization header stays the target's;
 // clients and other callers use Authorization. A verified client
-// certificate is enough for /poll and /push. Refused requests get 407 or
-// 401 and have no other effect.
+// certificate is enough for /poll and /push; health probes need nothing, as
+// orchestrators probe without credentials and the answers tell nothing.
+// Refused requests get 407 or 401 and have no other effect.
 func (s *security) handler(next http.Handler) http.Handler {
 	if s.file == nil {
 		return next
@@ -148,7 +152,7 @@ func (s *security) handler(next http.Handler) http.Handler {
 			return
 		}
 		users := state.config.Users
-		if len(users) == 0 {
+		if len(users) == 0 || isHealthProbe(r) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -185,6 +189,12 @@ func (s *security) handler(next http.Handler) http.Handler {
 		w.Header().Set("WWW-Authenticate", authRealm)
 		http.Error(w, "unauthorized: "+reason, http.StatusUnauthorized)
 	})
+}
+
+// isHealthProbe reports whether r asks for /-/healthy or /-/ready.
+func isHealthProbe(r *http.Request) bool {
+	return (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
+		r.URL.Host == "" && (r.URL.Path == "/-/healthy" || r.URL.Path == "/-/ready")
 }
 
 // checkPassword checks basic credentials against users, whose passwords are

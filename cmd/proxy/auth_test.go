@@ -357,6 +357,17 @@ func TestAuthenticatedRoundTripKeepsTheTargetsAuthorization(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"node1"`) {
 		t.Errorf("/clients answered %s %s", resp.Status, body)
 	}
+	// Orchestrators probe health without credentials.
+	for _, path := range []string{"/-/healthy", "/-/ready"} {
+		resp, err := sp.request(t, context.Background(), secCreds{}, http.MethodGet, path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("%s without credentials answered %s, want 200", path, resp.Status)
+		}
+	}
 }
 
 func TestCertificateBindsPollsToItsNames(t *testing.T) {
