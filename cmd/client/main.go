@@ -19,13 +19,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/alecthomas/kingpin/v2"
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
-	"github.com/prometheus/common/version"
 
 	"github.com/rancher/pushprox/util"
 )
@@ -90,13 +85,7 @@ func (c config) validate() error {
 // parseFlags parses args into a config. A nil config and no error mean that
 // --help was given and answered.
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
-	app := kingpin.New("pushprox-client", "Client that lets Prometheus scrape this machine through a pushprox-proxy.")
-	app.HelpFlag.Short('h')
-	app.Version(version.Print("pushprox-client"))
-	app.UsageWriter(stderr)
-	app.ErrorWriter(stderr)
-	helped := false
-	app.Terminate(func(int) { helped = true })
+	app := util.NewApp("pushprox-client", "Client that lets Prometheus scrape this machine through a pushprox-proxy.", stderr)
 
 	var cfg config
 	var proxyURLs, labels []string
@@ -127,20 +116,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		Default("16").IntVar(&cfg.maxConcurrentScrapes)
 	app.Flag("label", "Label name=value announced to the proxy for service discovery; repeatable.").
 		StringsVar(&labels)
-	app.Flag("log.level", "Only log messages with the given severity or above: "+fmt.Sprint(util.LogLevels)).
-		Default("info").EnumVar(&cfg.logLevel, util.LogLevels...)
-	app.Flag("log.format", "Output format of log messages: "+fmt.Sprint(util.LogFormats)).
-		Default("logfmt").EnumVar(&cfg.logFormat, util.LogFormats...)
-	addSecurityFlags(app, &cfg.security)
+	app.LogFlags(&cfg.logLevel, &cfg.logFormat)
+	addSecurityFlags(app.Application, &cfg.security)
 
-	// Every flag can also be set as PUSHPROX_CLIENT_<FLAG>, for containers.
-	app.DefaultEnvars()
-	err := util.ParseFlags(app, args)
-	if helped {
-		// --help or --version was answered; nothing else matters.
-		return nil, nil
-	}
-	if err != nil {
+	answered, err := app.Parse(args)
+	if answered || err != nil {
 		return nil, err
 	}
 	for _, raw := range proxyURLs {
@@ -204,12 +184,7 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "pushprox-client: %v\n", err)
 		return 2
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		versioncollector.NewCollector("pushprox"),
-	)
+	reg := util.NewRegistry()
 	c, err := newClient(*cfg, logger, reg)
 	if err != nil {
 		fmt.Fprintf(stderr, "pushprox-client: %v\n", err)

@@ -16,13 +16,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/alecthomas/kingpin/v2"
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
-	"github.com/prometheus/common/version"
 
 	"github.com/rancher/pushprox/util"
 )
@@ -72,13 +68,7 @@ func (c config) validate() error {
 // parseFlags parses args into a config. A nil config and no error mean that
 // --help was given and answered.
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
-	app := kingpin.New("pushprox-proxy", "Proxy for Prometheus scrapes of targets behind pushprox-client.")
-	app.HelpFlag.Short('h')
-	app.Version(version.Print("pushprox-proxy"))
-	app.UsageWriter(stderr)
-	app.ErrorWriter(stderr)
-	helped := false
-	app.Terminate(func(int) { helped = true })
+	app := util.NewApp("pushprox-proxy", "Proxy for Prometheus scrapes of targets behind pushprox-client.", stderr)
 
 	var cfg config
 	app.Flag("web.listen-address", "Address to listen on for Prometheus, clients and metrics.").
@@ -93,23 +83,14 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		Default("1GiB").Bytes()
 	app.Flag("web.shutdown-timeout", "How long a stopping proxy waits for scrapes in flight.").
 		Default("15s").DurationVar(&cfg.shutdownTimeout)
-	app.Flag("log.level", "Only log messages with the given severity or above: "+fmt.Sprint(util.LogLevels)).
-		Default("info").EnumVar(&cfg.logLevel, util.LogLevels...)
-	app.Flag("log.format", "Output format of log messages: "+fmt.Sprint(util.LogFormats)).
-		Default("logfmt").EnumVar(&cfg.logFormat, util.LogFormats...)
+	app.LogFlags(&cfg.logLevel, &cfg.logFormat)
 	app.Flag("web.config.file", "Exporter-toolkit web config file for TLS, client certificate verification and basic-auth users; re-read when it changes.").
 		ExistingFileVar(&cfg.webConfigFile)
 	app.Flag("auth.bind-fqdn-to-cert", "Accept a poll for an FQDN only from a verified client certificate that names it.").
 		BoolVar(&cfg.bindFQDNToCert)
 
-	// Every flag can also be set as PUSHPROX_PROXY_<FLAG>, for containers.
-	app.DefaultEnvars()
-	err := util.ParseFlags(app, args)
-	if helped {
-		// --help or --version was answered; nothing else matters.
-		return nil, nil
-	}
-	if err != nil {
+	answered, err := app.Parse(args)
+	if answered || err != nil {
 		return nil, err
 	}
 	cfg.maxPushBytes = int64(*maxPushBytes)
@@ -133,12 +114,7 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "pushprox-proxy: %v\n", err)
 		return 2
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		versioncollector.NewCollector("pushprox"),
-	)
+	reg := util.NewRegistry()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
