@@ -196,3 +196,24 @@ func BenchmarkScrapeRequest(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkCoordinatorNoClient is the end of a scrape that no client took
+// (its target is down or not connected): the coordinator is asked whether
+// the FQDN is known, and the outcome is recorded. Both look through every
+// client under the lock, so the cost grows with the fleet.
+func BenchmarkCoordinatorNoClient(b *testing.B) {
+	for _, idle := range []int{0, 10000} {
+		b.Run(fmt.Sprintf("idle=%d", idle), func(b *testing.B) {
+			c := benchCoordinator(b, idle)
+			s := &scrape{id: "nobody", fqdn: "gone.example.com", ctx: context.Background(), pushed: make(chan *pushed, 1)}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if c.known(s.fqdn) {
+					b.Fatal("unknown FQDN reported known")
+				}
+				c.recordOutcome(s, outcomeNoClient)
+			}
+		})
+	}
+}

@@ -168,6 +168,13 @@ func (tp *testProxy) outcomes(outcome string) float64 {
 	return testutil.ToFloat64(tp.metrics.scrapes.WithLabelValues(outcome))
 }
 
+// waitOutcome waits until pushprox_proxy_scrapes_total{outcome} is n: the
+// proxy counts a scrape once its answer is out, just after Prometheus has it.
+func (tp *testProxy) waitOutcome(t *testing.T, outcome string, n float64) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%v %s outcomes (have %v)", n, outcome, tp.outcomes(outcome)), func() bool { return tp.outcomes(outcome) == n })
+}
+
 // queuedCount returns the number of scrapes waiting for a poll.
 func (tp *testProxy) queuedCount() int {
 	tp.coord.mu.Lock()
@@ -177,6 +184,14 @@ func (tp *testProxy) queuedCount() int {
 		n += len(scrapes)
 	}
 	return n
+}
+
+// inflightCount returns the number of scrapes handed to a client and not
+// yet pushed.
+func (tp *testProxy) inflightCount() int {
+	tp.coord.mu.Lock()
+	defer tp.coord.mu.Unlock()
+	return len(tp.coord.inflight)
 }
 
 // clientArgs are the flags of a real client polling proxyURL as fqdn, with
@@ -225,13 +240,17 @@ func (b *blockingTarget) unblock() { b.once.Do(func() { close(b.release) }) }
 
 // idleCutter is a TCP relay that plays a load balancer cutting idle
 // requests: a connection with no bytes either way for idle is closed on
-// both sides. It counts the cuts.
+// both sides. Like a real load balancer, it takes a last look for bytes in
+// flight before it cuts, so that it does not drop what it has received.
+// It counts the cuts, and tells those of a request awaiting its answer (a
+// parked poll) on pollCut.
 type idleCutter struct {
 	ln       net.Listener
 	upstream string
 	idle     time.Duration
-	cut      chan struct{} // one value per cut, dropped when full
-	cuts     atomic.Int64
+	pollCut  chan struct{} // one value per poll cut, dropped when full
+	cuts     atomic.Int64  // all cuts, idle keep-alive connections included
+	pollCuts atomic.Int64
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{} // guarded by mu
@@ -243,7 +262,7 @@ func startIdleCutter(t *testing.T, upstream string, idle time.Duration) *idleCut
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &idleCutter{ln: ln, upstream: upstream, idle: idle, cut: make(chan struct{}, 1000), conns: map[net.Conn]struct{}{}}
+	c := &idleCutter{ln: ln, upstream: upstream, idle: idle, pollCut: make(chan struct{}, 1000), conns: map[net.Conn]struct{}{}}
 	c.wg.Add(1)
 	go c.accept()
 	t.Cleanup(func() {
@@ -293,71 +312,122 @@ func (c *idleCutter) relay(down net.Conn) {
 	c.track(up, true)
 	defer c.track(down, false)
 	defer c.track(up, false)
-	var last atomic.Int64 // UnixNano of the last byte relayed either way
-	last.Store(time.Now().UnixNano())
-	ended := make(chan struct{})
+	var last atomic.Int64   // UnixNano of the last byte relayed either way
+	var pending atomic.Bool // the last bytes went to the proxy: a request awaits its answer
+	touch := func() { last.Store(time.Now().UnixNano()) }
+	idleFor := func() time.Duration { return time.Since(time.Unix(0, last.Load())) }
+	touch()
 	var once sync.Once
 	closeBoth := func() {
 		once.Do(func() {
-			close(ended)
 			down.Close()
 			up.Close()
 		})
 	}
-	var copies sync.WaitGroup
-	relayOneWay := func(dst, src net.Conn) {
-		defer copies.Done()
+
+	// Towards the proxy: a plain copy.
+	towardsProxy := make(chan struct{})
+	go func() {
+		defer close(towardsProxy)
 		defer closeBoth()
 		buf := make([]byte, 32<<10)
 		for {
-			n, err := src.Read(buf)
+			n, err := down.Read(buf)
 			if n > 0 {
-				last.Store(time.Now().UnixNano())
-				if _, err := dst.Write(buf[:n]); err != nil {
+				touch()
+				pending.Store(true)
+				if _, err := up.Write(buf[:n]); err != nil {
 					return
 				}
-				last.Store(time.Now().UnixNano())
+				touch()
 			}
 			if err != nil {
 				return
 			}
 		}
-	}
-	copies.Add(2)
-	go relayOneWay(up, down)
-	go relayOneWay(down, up)
-	ticker := time.NewTicker(c.idle / 10)
-	defer ticker.Stop()
+	}()
+	defer func() { <-towardsProxy }()
+	defer closeBoth()
+
+	// Towards the client: this side reads with the idle deadline and
+	// decides the cut.
+	buf := make([]byte, 32<<10)
+	lastLook := false
 	for {
-		select {
-		case <-ended:
-			copies.Wait()
+		if lastLook {
+			_ = up.SetReadDeadline(time.Now().Add(5 * time.Millisecond))
+		} else {
+			_ = up.SetReadDeadline(time.Unix(0, last.Load()).Add(c.idle))
+		}
+		n, err := up.Read(buf)
+		if n > 0 {
+			lastLook = false
+			touch()
+			pending.Store(false)
+			if _, err := down.Write(buf[:n]); err != nil {
+				return
+			}
+			touch()
+			continue
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
 			return
-		case <-ticker.C:
-			if time.Since(time.Unix(0, last.Load())) >= c.idle {
-				closeBoth()
-				c.cuts.Add(1)
+		}
+		switch {
+		case idleFor() < c.idle:
+			lastLook = false // busy the other way
+		case !lastLook:
+			lastLook = true
+		default:
+			closeBoth()
+			c.cuts.Add(1)
+			if pending.Load() {
+				c.pollCuts.Add(1)
 				select {
-				case c.cut <- struct{}{}:
+				case c.pollCut <- struct{}{}:
 				default:
 				}
 			}
+			return
 		}
 	}
 }
 
-// nextCut waits for a cut that happens after the call.
-func (c *idleCutter) nextCut(t *testing.T) {
-	t.Helper()
-	for {
-		select {
-		case <-c.cut:
-			continue
-		default:
-		}
-		break
+// nextPollCut waits for a poll to be cut after the call, and reports
+// whether one was.
+func (c *idleCutter) nextPollCut() bool {
+	for len(c.pollCut) > 0 {
+		<-c.pollCut
 	}
-	await(t, "the load balancer to cut an idle connection", c.cut)
+	select {
+	case <-c.pollCut:
+		return true
+	case <-time.After(30 * time.Second):
+		return false
+	}
+}
+
+// pollsEnded returns how many /poll requests the proxy has finished.
+func (tp *testProxy) pollsEnded(t *testing.T) float64 {
+	t.Helper()
+	families, err := tp.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, f := range families {
+		if f.GetName() != "pushprox_http_requests_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "path" && l.GetValue() == "/poll" {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
 }
 
 // Load balancers cut requests idle for longer than their timeout; a parked
@@ -375,27 +445,29 @@ func TestScrapesSurviveLoadBalancerCuttingIdlePolls(t *testing.T) {
 			const scrapes = 8
 			for i := range scrapes {
 				if i%2 == 0 {
-					// Right after a cut: the poll just died and the client
-					// is backing off before it polls again.
-					lb.nextCut(t)
+					// After a cut, once the proxy has seen the cut poll
+					// end, while the client backs off before polling again.
+					ended := tp.pollsEnded(t)
+					if !lb.nextPollCut() {
+						t.Fatalf("no poll cut within 30s after %d cuts (%d of polls), %v parked:\n%s", lb.cuts.Load(), lb.pollCuts.Load(), tp.coord.parkedCount(), client.Output())
+					}
+					waitFor(t, "the proxy to end the cut poll", func() bool { return tp.pollsEnded(t) > ended })
 				} else {
 					// While a poll is parked, soon to be cut.
 					tp.waitParked(t, 1)
 				}
 				r := scrapeThrough(context.Background(), tp.srv.URL, target.URL+"/metrics", "10")
 				if r.err != nil || r.status != http.StatusOK || r.body != target.body {
-					t.Fatalf("scrape %d after %d cuts: %d %q %v", i, lb.cuts.Load(), r.status, r.body, r.err)
+					t.Fatalf("scrape %d after %d poll cuts: %d %q %v\n%s", i, lb.pollCuts.Load(), r.status, r.body, r.err, client.Output())
 				}
 			}
-			if n := lb.cuts.Load(); n < scrapes/2 {
-				t.Errorf("only %d cuts happened", n)
+			if n := lb.pollCuts.Load(); n < scrapes/2 {
+				t.Errorf("only %d polls were cut", n)
 			}
-			if n := strings.Count(client.Output(), `msg="poll failed, retrying"`); n < scrapes/2 {
-				t.Errorf("only %d polls were cut:\n%s", n, client.Output())
+			if !strings.Contains(client.Output(), `msg="poll failed, retrying"`) {
+				t.Errorf("the client never saw its poll cut:\n%s", client.Output())
 			}
-			if got := tp.outcomes(outcomeDelivered); got != scrapes {
-				t.Errorf("delivered outcomes = %v, want %d", got, scrapes)
-			}
+			tp.waitOutcome(t, outcomeDelivered, scrapes)
 		})
 	}
 }
@@ -437,9 +509,7 @@ func TestDroppedPollIsUnparkedAndNeverHandedAScrape(t *testing.T) {
 	if r := await(t, "the scrape", result); r.status != http.StatusOK || r.body != "next\n" {
 		t.Fatalf("queued scrape: %d %q %v", r.status, r.body, r.err)
 	}
-	if got := tp.outcomes(outcomeDelivered); got != 2 {
-		t.Errorf("delivered outcomes = %v, want 2", got)
-	}
+	tp.waitOutcome(t, outcomeDelivered, 2)
 }
 
 // A silently dead peer (crashed host, dropped NAT entry) sends no FIN; only
@@ -538,7 +608,7 @@ func TestPollConnectionsRunKeepAliveOnBothEnds(t *testing.T) {
 			return false // the poll is not connected yet
 		}
 		for _, s := range []tcpSocket{proxySide[0], clientSide[0]} {
-			if s.timer != "02" || s.when <= 20*time.Second || s.when > util.KeepAlive.Idle {
+			if s.timer != "02" || s.when <= util.KeepAlive.Idle*2/3 || s.when > util.KeepAlive.Idle {
 				t.Logf("socket %d->%d: timer %s in %s", s.localPort, s.remotePort, s.timer, s.when)
 				return false
 			}
@@ -597,9 +667,7 @@ func TestRestartedClientGetsScrapesNotItsPredecessorsPoll(t *testing.T) {
 		}
 	}
 	tp.waitParked(t, 1)
-	if got := tp.outcomes(outcomeDelivered); got != 5 {
-		t.Errorf("delivered outcomes = %v, want 5", got)
-	}
+	tp.waitOutcome(t, outcomeDelivered, 5)
 }
 
 // A push whose scrape has ended (timed out, or Prometheus went away) must be
@@ -643,7 +711,7 @@ func TestLatePushIsAnsweredAtOnceWithGone(t *testing.T) {
 		if r := await(t, "the scrape", result); r.err == nil {
 			t.Fatalf("cancelled scrape succeeded: %d", r.status)
 		}
-		waitFor(t, "the proxy to see Prometheus go", func() bool { return tp.outcomes(outcomeAborted) == aborted+1 })
+		tp.waitOutcome(t, outcomeAborted, aborted+1)
 		checkGone(t, req.Header.Get(util.HeaderID))
 	})
 
@@ -652,46 +720,37 @@ func TestLatePushIsAnsweredAtOnceWithGone(t *testing.T) {
 		tp.waitParked(t, 1)
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		proxyURL, _ := url.Parse(tp.srv.URL)
-		transport := &http.Transport{Proxy: http.ProxyURL(proxyURL)}
-		defer transport.CloseIdleConnections()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://node1:9100/metrics", nil)
-		req.Header.Set(util.HeaderScrapeTimeoutSeconds, "30")
-		answered := make(chan *http.Response, 1)
-		go func() {
-			resp, err := transport.RoundTrip(req)
-			if err != nil {
-				close(answered)
-				return
-			}
-			answered <- resp
-		}()
+		result := goScrape(ctx, tp.srv.URL, "http://node1:9100/metrics", "30")
 		id := readScrape(t, poll).Header.Get(util.HeaderID)
 
 		// The client streams a head and part of the body, then stalls.
 		body, stream := io.Pipe()
 		defer stream.Close()
-		pushed := make(chan error, 1)
-		start := time.Now()
-		var code int
+		type answer struct {
+			code int
+			err  error
+		}
+		pushed := make(chan answer, 1)
 		go func() {
-			c, _, err := pushTo(tp.srv.URL, body)
-			code = c
-			pushed <- err
+			code, _, err := pushTo(tp.srv.URL, body)
+			pushed <- answer{code, err}
 		}()
 		fmt.Fprintf(stream, "HTTP/1.1 200 OK\r\nId: %s\r\nContent-Length: 1000\r\n\r\npartial", id)
-		resp := await(t, "Prometheus to get the head", answered)
-		if resp == nil {
-			t.Fatal("scrape failed before the push")
-		}
+		waitFor(t, "the push to be taken", func() bool { return tp.inflightCount() == 0 })
 		cancel()
-		resp.Body.Close()
-		if err := await(t, "the push to be answered", pushed); err != nil {
-			t.Fatalf("push: %v", err)
+		start := time.Now()
+		if r := await(t, "the scrape", result); r.err == nil {
+			t.Errorf("Prometheus got a complete answer %d %q", r.status, r.body)
 		}
-		if code == http.StatusOK {
+		a := await(t, "the push to be answered", pushed)
+		if a.err != nil {
+			t.Fatalf("push: %v", a.err)
+		}
+		if a.code == http.StatusOK {
 			t.Errorf("push answered 200 though Prometheus never got the body")
 		}
+		// The scrape's deadline is 30s away; the push must not be held
+		// until then.
 		if elapsed := time.Since(start); elapsed > 10*time.Second {
 			t.Errorf("push held for %s after Prometheus went away", elapsed)
 		}
@@ -1043,13 +1102,10 @@ func TestTimeoutsEndToEndTellTheCauseApart(t *testing.T) {
 			if !tc.waits && r.elapsed > tc.effective/3 {
 				t.Errorf("took %s, want an answer well before the timeout %s", r.elapsed, tc.effective)
 			}
+			tp.waitOutcome(t, tc.outcome, 1)
 			for _, outcome := range []string{outcomeDelivered, outcomeTargetError, outcomeNoClient, outcomeClientTimeout, outcomeAborted, outcomeRefused} {
-				want := 0.0
-				if outcome == tc.outcome {
-					want = 1
-				}
-				if got := tp.outcomes(outcome); got != want {
-					t.Errorf("outcome %s = %v, want %v", outcome, got, want)
+				if got := tp.outcomes(outcome); outcome != tc.outcome && got != 0 {
+					t.Errorf("outcome %s = %v, want 0", outcome, got)
 				}
 			}
 		})
@@ -1082,7 +1138,7 @@ func TestStalledPushBodyEndsAtTheDeadline(t *testing.T) {
 	if code := await(t, "the push to be answered", pushed); code == http.StatusOK {
 		t.Errorf("stalled push answered 200")
 	}
-	waitFor(t, "the aborted outcome", func() bool { return tp.outcomes(outcomeAborted) == 1 })
+	tp.waitOutcome(t, outcomeAborted, 1)
 }
 
 var (
@@ -1209,9 +1265,7 @@ func TestKilledClientIsReplacedWithoutRestartingProxy(t *testing.T) {
 	if r.status != http.StatusGatewayTimeout || !strings.Contains(r.body, "did not answer") {
 		t.Errorf("scrape at a killed client: %d %q, want 504", r.status, r.body)
 	}
-	if got := tp.outcomes(outcomeClientTimeout); got != 1 {
-		t.Errorf("client_timeout outcomes = %v, want 1", got)
-	}
+	tp.waitOutcome(t, outcomeClientTimeout, 1)
 	tp.waitParked(t, 0)
 
 	target.unblock()
@@ -1344,5 +1398,57 @@ func TestPushWithoutFinalStatusIsRefused(t *testing.T) {
 				t.Errorf("scrape: %d %q %v", r.status, r.body, r.err)
 			}
 		})
+	}
+}
+
+// A client polls and pushes over one keep-alive connection. When Prometheus
+// hangs up as soon as it has its answer, the push handler may see it gone
+// before the relay reports, and cut the push's read; that cut used to hit
+// net/http's background read and cancel the context of every later request
+// on the connection, so the client's next poll failed at once.
+func TestClientConnectionSurvivesPrometheusHangingUpAfterItsAnswer(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	transport := &http.Transport{MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1}
+	defer transport.CloseIdleConnections()
+	client := &http.Client{Transport: transport}
+	const rounds = 50
+	served := make(chan error, 1)
+	go func() {
+		served <- func() error {
+			for i := range rounds {
+				resp, err := client.Post(tp.srv.URL+"/poll", "text/plain", strings.NewReader("node1"))
+				if err != nil {
+					return err
+				}
+				head, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					return fmt.Errorf("poll %d answered %s: %s", i, resp.Status, head)
+				}
+				req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
+				if err != nil {
+					return err
+				}
+				resp, err = client.Post(tp.srv.URL+"/push", "application/http", serializedAnswer(req.Header.Get(util.HeaderID), http.StatusOK, "up 1\n"))
+				if err != nil {
+					return err
+				}
+				text, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					return fmt.Errorf("push %d answered %s: %s", i, resp.Status, text)
+				}
+			}
+			return nil
+		}()
+	}()
+	for i := range rounds {
+		// scrapeThrough closes its connection as soon as it has the body.
+		if r := scrapeThrough(context.Background(), tp.srv.URL, "http://node1:9100/metrics", "10"); r.status != http.StatusOK || r.body != "up 1\n" {
+			t.Fatalf("scrape %d: %d %q %v", i, r.status, r.body, r.err)
+		}
+	}
+	if err := await(t, "the client", served); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -410,7 +410,11 @@ func (p *proxy) handlePush(w http.ResponseWriter, r *http.Request) {
 		default:
 			if errors.Is(s.ctx.Err(), context.Canceled) {
 				// Prometheus went away during the relay: end its read
-				// of this push now, not at the scrape's deadline.
+				// of this push now, not at the scrape's deadline. If the
+				// body was all read, the cut hits net/http's background
+				// read, which cancels the context of every later request
+				// on this connection: so it is not reused.
+				w.Header().Set("Connection", "close")
 				_ = rc.SetReadDeadline(time.Now())
 			}
 			// Otherwise the relay may use the full timeout.
