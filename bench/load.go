@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,13 +29,17 @@ func payload(size int) []byte {
 }
 
 // targetHandler serves size bytes of metrics at any path. Large bodies are
-// streamed from one repeated chunk, so that the target stays small.
-func targetHandler(size int64) http.Handler {
+// streamed from one repeated chunk, so that the target stays small. Without
+// a Content-Length, a body larger than net/http's buffer goes out chunked,
+// as the answers of most exporters do.
+func targetHandler(size int64, chunked bool) http.Handler {
 	chunk := payload(int(min(size, 64<<10)))
 	length := strconv.FormatInt(size, 10)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		w.Header().Set("Content-Length", length)
+		if !chunked {
+			w.Header().Set("Content-Length", length)
+		}
 		w.WriteHeader(http.StatusOK)
 		for left := size; left > 0; {
 			n := min(left, int64(len(chunk)))
@@ -48,13 +53,13 @@ func targetHandler(size int64) http.Handler {
 
 // serveTarget is the target process: it serves size bytes on a free
 // loopback port until it is killed, and reports the port on standard error.
-func serveTarget(size int64) error {
+func serveTarget(size int64, chunked bool) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "target listening address=%s\n", ln.Addr())
-	srv := &http.Server{Handler: targetHandler(size), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: targetHandler(size, chunked), ReadHeaderTimeout: 10 * time.Second}
 	return srv.Serve(ln)
 }
 
@@ -69,14 +74,35 @@ type target struct {
 
 var targetRE = regexp.MustCompile(`target listening address=(\S+)`)
 
+// targetOptions say how the target runs and answers.
+type targetOptions struct {
+	inProcess bool // in the tool's own process
+	chunked   bool // answers without a Content-Length
+}
+
+// note describes options other than the defaults, for the table.
+func (o targetOptions) note() string {
+	var notes []string
+	if o.inProcess {
+		notes = append(notes, "target in-process")
+	}
+	if o.chunked {
+		notes = append(notes, "chunked target")
+	}
+	if len(notes) == 0 {
+		return ""
+	}
+	return ", " + strings.Join(notes, ", ")
+}
+
 // startTarget starts a target serving size bytes on 127.0.0.1.
-func startTarget(size int64, inProcess bool) (*target, error) {
-	if inProcess {
+func startTarget(size int64, opts targetOptions) (*target, error) {
+	if opts.inProcess {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, err
 		}
-		srv := &http.Server{Handler: targetHandler(size), ReadHeaderTimeout: 10 * time.Second}
+		srv := &http.Server{Handler: targetHandler(size, opts.chunked), ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = srv.Serve(ln) }()
 		return &target{port: ln.Addr().(*net.TCPAddr).Port, srv: srv}, nil
 	}
@@ -85,7 +111,11 @@ func startTarget(size int64, inProcess bool) (*target, error) {
 		return nil, err
 	}
 	addrs := make(chan string, 1)
-	proc, err := startChild("target", self, []string{"--serve-target=" + strconv.FormatInt(size, 10)}, func(line string) {
+	args := []string{"--serve-target=" + strconv.FormatInt(size, 10)}
+	if opts.chunked {
+		args = append(args, "--target.chunked")
+	}
+	proc, err := startChild("target", self, args, func(line string) {
 		if m := targetRE.FindStringSubmatch(line); m != nil {
 			select {
 			case addrs <- m[1]:

@@ -31,9 +31,8 @@ type options struct {
 	proxyPath  string
 	clientPath string
 	scenarios  string
-	// inProcessTarget serves the target in the tool's own process.
-	inProcessTarget bool
-	timeout         time.Duration
+	target     targetOptions
+	timeout    time.Duration
 
 	smallSize        int
 	smallClients     int
@@ -68,10 +67,11 @@ func main() {
 	flag.IntVar(&o.idleConcurrency, "idle.concurrency", 8, "scenario 3: concurrent scrapers")
 	flag.IntVar(&o.idlePayload, "idle.size", 2048, "scenario 3: payload size in bytes")
 	serveTargetSize := flag.Int64("serve-target", 0, "internal: run as the target process, serving this many bytes")
-	flag.BoolVar(&o.inProcessTarget, "target-in-process", false, "serve the target inside the tool instead of in a process of its own")
+	flag.BoolVar(&o.target.inProcess, "target.in-process", false, "serve the target inside the tool instead of in a process of its own")
+	flag.BoolVar(&o.target.chunked, "target.chunked", false, "the target answers without a Content-Length (chunked), as most exporters do")
 	flag.Parse()
 	if *serveTargetSize > 0 {
-		if err := serveTarget(*serveTargetSize); err != nil {
+		if err := serveTarget(*serveTargetSize, o.target.chunked); err != nil {
 			fmt.Fprintf(os.Stderr, "bench target: %v\n", err)
 			os.Exit(1)
 		}
@@ -86,12 +86,12 @@ func main() {
 	go func() {
 		sig := <-signals
 		fmt.Fprintf(os.Stderr, "bench: %v, stopping the proxy and clients\n", sig)
-		stopAll()
+		stopAll(true)
 		os.Exit(130)
 	}()
 
 	code := func() int {
-		defer stopAll()
+		defer stopAll(true)
 		return run(o)
 	}()
 	os.Exit(code)
@@ -126,7 +126,7 @@ func run(o options) int {
 			fmt.Fprintf(os.Stderr, "bench: scenario %s: %v\n", name, err)
 			failed = true
 		}
-		stopAll()
+		stopAll(false)
 	}
 	fmt.Printf("Machine: %d CPUs (%s), %s %s/%s, loopback\n\n", runtime.NumCPU(), cpuModel(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	t.print(os.Stdout)
@@ -222,7 +222,7 @@ func cpuOf(pids ...int) float64 {
 func smallScenario(ctx context.Context, o options, t *table) error {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	tgt, err := startTarget(int64(o.smallSize), o.inProcessTarget)
+	tgt, err := startTarget(int64(o.smallSize), o.target)
 	if err != nil {
 		return err
 	}
@@ -290,8 +290,8 @@ func smallScenario(ctx context.Context, o options, t *table) error {
 	if err != nil {
 		return err
 	}
-	scenario := fmt.Sprintf("1. %s payload, %d clients, %d scrapers (%d scrapes each way)",
-		sizeString(int64(o.smallSize)), o.smallClients, o.smallConcurrency, len(proxied.latencies))
+	scenario := fmt.Sprintf("1. %s payload, %d clients, %d scrapers (%d scrapes each way)%s",
+		sizeString(int64(o.smallSize)), o.smallClients, o.smallConcurrency, len(proxied.latencies), o.target.note())
 	p50p, p50d := proxied.percentile(50), straight.percentile(50)
 	p99p, p99d := proxied.percentile(99), straight.percentile(99)
 	t.add(row{scenario, "p50 latency", ms(p50p), ms(p50d), ratio(p50p.Seconds(), p50d.Seconds()), "≤ 2× direct", met(p50p.Seconds() <= 2*p50d.Seconds())})
@@ -333,7 +333,7 @@ func smallScenario(ctx context.Context, o options, t *table) error {
 func largeScenario(ctx context.Context, o options, t *table) error {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	tgt, err := startTarget(o.largeSize, o.inProcessTarget)
+	tgt, err := startTarget(o.largeSize, o.target)
 	if err != nil {
 		return err
 	}
@@ -394,7 +394,7 @@ func largeScenario(ctx context.Context, o options, t *table) error {
 	if err != nil {
 		return err
 	}
-	scenario := fmt.Sprintf("2. %s payload, sequential (median of %d)", sizeString(o.largeSize), o.largeScrapes)
+	scenario := fmt.Sprintf("2. %s payload, sequential (median of %d)%s", sizeString(o.largeSize), o.largeScrapes, o.target.note())
 	t.add(row{scenario, "seconds per scrape", secs(mp), secs(md), ratio(mp.Seconds(), md.Seconds()), "≤ 1.5× direct", met(mp.Seconds() <= 1.5*md.Seconds())})
 	mbps := func(d time.Duration) string {
 		return fmt.Sprintf("%.0f MiB/s", float64(o.largeSize)/(1<<20)/d.Seconds())

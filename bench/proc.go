@@ -20,8 +20,9 @@ import (
 // children tracks every process the tool started, so that all of them are
 // stopped on exit, whatever the exit.
 var children struct {
-	mu    sync.Mutex
-	procs map[*child]struct{}
+	mu       sync.Mutex
+	procs    map[*child]struct{}
+	stopping bool // no more children once the tool is stopping; guarded by mu
 }
 
 // child is a running proxy or client binary.
@@ -58,6 +59,7 @@ func startChild(name, path string, args []string, onLine func(string)) (*child, 
 		children.procs = map[*child]struct{}{}
 	}
 	children.procs[c] = struct{}{}
+	stopping := children.stopping
 	children.mu.Unlock()
 	go func() {
 		scanner := bufio.NewScanner(stderr)
@@ -78,6 +80,10 @@ func startChild(name, path string, args []string, onLine func(string)) (*child, 
 		_ = cmd.Wait()
 		close(c.exited)
 	}()
+	if stopping {
+		c.stop()
+		return nil, errors.New("the tool is stopping")
+	}
 	return c, nil
 }
 
@@ -121,9 +127,11 @@ func (c *child) stop() {
 	<-c.exited
 }
 
-// stopAll stops every child still running, all at once.
-func stopAll() {
+// stopAll stops every child still running, all at once. With forever set,
+// children started from then on are stopped at once too.
+func stopAll(forever bool) {
 	children.mu.Lock()
+	children.stopping = children.stopping || forever
 	procs := make([]*child, 0, len(children.procs))
 	for c := range children.procs {
 		procs = append(procs, c)
