@@ -60,12 +60,10 @@ type poll struct {
 	labels   map[string]string
 	identity string
 	handed   chan *scrape // capacity 1, so handing over never blocks under the lock
-}
 
-// clientKey names a client's registration: its FQDN and labels, so that the
-// labels of two clients with the same FQDN do not mix.
-func (p *poll) clientKey() string {
-	return p.fqdn + "\x00" + util.LabelsKey(p.labels)
+	// client is the registration p counts for, set by park; guarded by
+	// coordinator.mu.
+	client *clientInfo
 }
 
 // recentOutcomes is how many scrape outcomes are kept per client for the
@@ -112,8 +110,10 @@ type coordinator struct {
 	// ended remembers recently abandoned scrape IDs and when; guarded by mu.
 	ended map[string]time.Time
 	// clients holds every client registration heard from within the
-	// registration timeout, by poll.clientKey; guarded by mu.
-	clients map[string]*clientInfo
+	// registration timeout, by FQDN and then by util.LabelsKey of its
+	// labels, so that the labels of two clients with the same FQDN do not
+	// mix; guarded by mu.
+	clients map[string]map[string]*clientInfo
 	// closing is set when shutdown begins; guarded by mu.
 	closing bool
 	// drained is closed when closing and inflight is empty; guarded by mu.
@@ -132,7 +132,7 @@ func newCoordinator(logger log.Logger, registrationTimeout time.Duration, now fu
 		queued:              map[string][]*scrape{},
 		inflight:            map[string]*scrape{},
 		ended:               map[string]time.Time{},
-		clients:             map[string]*clientInfo{},
+		clients:             map[string]map[string]*clientInfo{},
 		drained:             make(chan struct{}),
 	}
 	go c.gcLoop()
@@ -163,15 +163,21 @@ func (c *coordinator) park(p *poll) (*scrape, error) {
 	if c.closing {
 		return nil, errShuttingDown
 	}
-	key := p.clientKey()
-	info := c.clients[key]
+	registrations := c.clients[p.fqdn]
+	if registrations == nil {
+		registrations = map[string]*clientInfo{}
+		c.clients[p.fqdn] = registrations
+	}
+	key := util.LabelsKey(p.labels)
+	info := registrations[key]
 	if info == nil {
 		info = &clientInfo{fqdn: p.fqdn, labels: p.labels}
-		c.clients[key] = info
+		registrations[key] = info
 		level.Info(c.logger).Log("msg", "client registered", "fqdn", p.fqdn, "labels", util.EncodeLabels(p.labels))
 	}
 	info.lastSeen = c.now()
 	info.polls++
+	p.client = info
 	if s := c.takeScrapeLocked(p.fqdn); s != nil {
 		c.registerInflightLocked(s, p)
 		return s, nil
@@ -198,10 +204,8 @@ func (c *coordinator) unpark(p *poll) *scrape {
 func (c *coordinator) release(p *poll) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if info := c.clients[p.clientKey()]; info != nil {
-		info.polls--
-		info.lastSeen = c.now()
-	}
+	p.client.polls--
+	p.client.lastSeen = c.now()
 }
 
 // requeue takes back a scrape whose poll could not deliver it and gives it
@@ -270,12 +274,7 @@ func (c *coordinator) take(id, identity string) (*scrape, error) {
 func (c *coordinator) known(fqdn string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, info := range c.clients {
-		if info.fqdn == fqdn {
-			return true
-		}
-	}
-	return false
+	return len(c.clients[fqdn]) > 0
 }
 
 // clientList returns the clients that are connected or were heard from
@@ -284,25 +283,38 @@ func (c *coordinator) clientList() []clientStatus {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.now()
-	keys := make([]string, 0, len(c.clients))
-	for key, info := range c.clients {
-		if c.aliveLocked(info, now) {
-			keys = append(keys, key)
+	var list []clientStatus
+	var keys []string // FQDN and labels key of each entry of list, to sort by
+	for fqdn, registrations := range c.clients {
+		for key, info := range registrations {
+			if !c.aliveLocked(info, now) {
+				continue
+			}
+			keys = append(keys, fqdn+"\x00"+key)
+			list = append(list, clientStatus{
+				FQDN:     info.fqdn,
+				Labels:   info.labels,
+				LastSeen: info.lastSeen,
+				Polls:    info.polls,
+				Outcomes: append([]string(nil), info.outcomes...),
+			})
 		}
 	}
-	sort.Strings(keys)
-	list := make([]clientStatus, len(keys))
-	for i, key := range keys {
-		info := c.clients[key]
-		list[i] = clientStatus{
-			FQDN:     info.fqdn,
-			Labels:   info.labels,
-			LastSeen: info.lastSeen,
-			Polls:    info.polls,
-			Outcomes: append([]string(nil), info.outcomes...),
-		}
-	}
+	sort.Sort(byKey{keys, list})
 	return list
+}
+
+// byKey sorts client statuses by their keys.
+type byKey struct {
+	keys []string
+	list []clientStatus
+}
+
+func (b byKey) Len() int           { return len(b.keys) }
+func (b byKey) Less(i, j int) bool { return b.keys[i] < b.keys[j] }
+func (b byKey) Swap(i, j int) {
+	b.keys[i], b.keys[j] = b.keys[j], b.keys[i]
+	b.list[i], b.list[j] = b.list[j], b.list[i]
 }
 
 // clientCount returns the number of known clients.
@@ -311,9 +323,11 @@ func (c *coordinator) clientCount() int {
 	defer c.mu.Unlock()
 	now := c.now()
 	n := 0
-	for _, info := range c.clients {
-		if c.aliveLocked(info, now) {
-			n++
+	for _, registrations := range c.clients {
+		for _, info := range registrations {
+			if c.aliveLocked(info, now) {
+				n++
+			}
 		}
 	}
 	return n
@@ -328,10 +342,8 @@ func (c *coordinator) recordOutcome(s *scrape, outcome string) {
 		s.client.noteLocked(outcome)
 		return
 	}
-	for _, info := range c.clients {
-		if info.fqdn == s.fqdn {
-			info.noteLocked(outcome)
-		}
+	for _, info := range c.clients[s.fqdn] {
+		info.noteLocked(outcome)
 	}
 }
 
@@ -406,10 +418,15 @@ func (c *coordinator) gcLoop() {
 func (c *coordinator) collectGarbage(now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for key, info := range c.clients {
-		if !c.aliveLocked(info, now) {
-			delete(c.clients, key)
-			level.Info(c.logger).Log("msg", "client forgotten", "fqdn", info.fqdn, "last_seen", info.lastSeen)
+	for fqdn, registrations := range c.clients {
+		for key, info := range registrations {
+			if !c.aliveLocked(info, now) {
+				delete(registrations, key)
+				level.Info(c.logger).Log("msg", "client forgotten", "fqdn", fqdn, "last_seen", info.lastSeen)
+			}
+		}
+		if len(registrations) == 0 {
+			delete(c.clients, fqdn)
 		}
 	}
 	for id, at := range c.ended {
@@ -468,7 +485,7 @@ func (c *coordinator) handLocked(s *scrape, p *poll) {
 // registerInflightLocked records that s goes to p and awaits its push.
 func (c *coordinator) registerInflightLocked(s *scrape, p *poll) {
 	s.identity = p.identity
-	s.client = c.clients[p.clientKey()]
+	s.client = p.client
 	s.handedAt = time.Now()
 	c.inflight[s.id] = s
 }
