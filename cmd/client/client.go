@@ -54,12 +54,16 @@ func newClient(cfg config, logger log.Logger, reg prometheus.Registerer) (*clien
 		cfg:          cfg,
 		logger:       logger,
 		metrics:      newMetrics(reg),
-		proxyClient:  &http.Client{Transport: toProxy},
-		targetClient: &http.Client{Transport: toTarget},
+		proxyClient:  &http.Client{Transport: toProxy, CheckRedirect: noRedirects},
+		targetClient: &http.Client{Transport: toTarget, CheckRedirect: cfg.checkRedirect},
 		slots:        make(chan struct{}, cfg.maxConcurrentScrapes),
 		labels:       util.EncodeLabels(cfg.labels),
 	}, nil
 }
+
+// noRedirects makes a redirected poll or push a failed one: following it
+// would send the proxy credentials to whatever host it names.
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // newTransport returns a keep-alive transport whose connections notice a
 // dead peer. Compression is left to Prometheus and the target: bodies pass
@@ -76,6 +80,10 @@ func newTransport(tlsConfig *tls.Config) *http.Transport {
 		MaxIdleConnsPerHost:   16,
 		IdleConnTimeout:       90 * time.Second,
 		ExpectContinueTimeout: time.Second,
+		// Pushes stream bodies in 32 KiB pieces; a larger buffer sends each
+		// in one write instead of several.
+		WriteBufferSize: 64 << 10,
+		ReadBufferSize:  64 << 10,
 	}
 }
 

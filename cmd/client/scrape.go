@@ -1,14 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -17,9 +18,6 @@ import (
 
 	"github.com/rancher/pushprox/util"
 )
-
-// errPushEnded stops the copy of a target's answer once its push is over.
-var errPushEnded = errors.New("push ended")
 
 // doScrape serves one scrape request from the proxy at proxyURL: it scrapes
 // the target within the forwarded timeout and pushes the answer, or the
@@ -51,9 +49,17 @@ func (c *client) doScrape(ctx context.Context, proxyURL *url.URL, req *http.Requ
 	level.Debug(logger).Log("msg", "scraped", "status", resp.StatusCode, "duration", time.Since(start))
 }
 
+// refuseTimeout bounds the push of a scrape error. Its callers' contexts
+// have no deadline (the scrape's may be what failed), and a proxy that
+// never answers must not hold a scrape slot, or the client's shutdown, for
+// ever. A variable so that tests can shorten it.
+var refuseTimeout = 10 * time.Second
+
 // refuse pushes a 500 whose body is the reason a scrape failed, so that
 // Prometheus sees it at once instead of waiting for its timeout.
 func (c *client) refuse(ctx context.Context, proxyURL *url.URL, req *http.Request, reason error) {
+	ctx, cancel := context.WithTimeout(ctx, refuseTimeout)
+	defer cancel()
 	c.metrics.scrapeErrors.Inc()
 	id := req.Header.Get(util.HeaderID)
 	logger := log.With(c.logger, "scrape_id", id, "url", req.URL.Redacted())
@@ -90,6 +96,11 @@ func (c *client) scrapeTarget(ctx context.Context, req *http.Request) (*http.Res
 // targetRequest turns a scrape request into the request to the target, or
 // says why it is refused.
 func (c *client) targetRequest(ctx context.Context, req *http.Request) (*http.Request, error) {
+	// A scrape only reads: a proxy must not make the client change
+	// anything on a target.
+	if req.Method != http.MethodGet {
+		return nil, fmt.Errorf("scrape refused: method %s is not GET", req.Method)
+	}
 	host := req.URL.Hostname()
 	if !sameHost(host, c.cfg.fqdn) {
 		return nil, fmt.Errorf("scrape refused: target host %q is not this client's FQDN %q", host, c.cfg.fqdn)
@@ -139,38 +150,74 @@ func (c *client) targetRequest(ctx context.Context, req *http.Request) (*http.Re
 	return out, nil
 }
 
+// checkRedirect lets the target client follow a redirect only to a URL the
+// proxy could have asked for itself (the same host, --allow-port,
+// --scrape.allow) and, with --token-path, only over HTTPS. Otherwise a
+// target, or a proxy using a target's open redirect, could lead the client
+// and its bearer token past those rules.
+func (c config) checkRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return fmt.Errorf("stopped after %d redirects", len(via))
+	}
+	u := req.URL
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https", c.tokenPath != "" && u.Scheme != "https":
+		return fmt.Errorf("redirect refused: scheme %q", u.Scheme)
+	case !sameHost(u.Hostname(), via[0].URL.Hostname()):
+		return fmt.Errorf("redirect refused: host %q is not the target's, %q", u.Hostname(), via[0].URL.Hostname())
+	case c.allowPort != "*" && port != c.allowPort:
+		return fmt.Errorf("redirect refused: port %s is not allowed, only %s", port, c.allowPort)
+	}
+	return c.security.scrapeAllow.check(u.Hostname(), port, u.Path)
+}
+
 // sameHost compares host names as DNS does: case-insensitively, ignoring a
 // trailing dot.
 func sameHost(a, b string) bool {
 	return strings.EqualFold(strings.TrimSuffix(a, "."), strings.TrimSuffix(b, "."))
 }
 
-// push streams a target's answer to the proxy as the body of a /push,
-// tagged with the scrape's Id and the seconds left of its timeout.
+// push sends a target's answer to the proxy as the body of a /push: its
+// status and headers, tagged with the scrape's Id and the seconds left of
+// its timeout, then its body, streamed as it arrives. When the target gave
+// a length, so does the push; otherwise the push is chunked and the answer's
+// body ends with it.
 func (c *client) push(ctx context.Context, proxyURL *url.URL, id string, resp *http.Response) error {
-	resp.Header.Set(util.HeaderID, id)
+	header := resp.Header.Clone()
+	util.RemoveHopByHopHeaders(header)
+	header.Set(util.HeaderID, id)
 	if deadline, ok := ctx.Deadline(); ok {
-		resp.Header.Set(util.HeaderScrapeTimeout, util.FormatSeconds(max(time.Until(deadline), 0)))
+		header.Set(util.HeaderScrapeTimeout, util.FormatSeconds(max(time.Until(deadline), 0)))
 	}
-	body, writer := io.Pipe()
-	written := make(chan error, 1)
-	go func() {
-		err := resp.Write(writer)
-		writer.CloseWithError(err)
-		written <- err
-	}()
+	length := resp.ContentLength
+	if resp.Body == nil || resp.Body == http.NoBody {
+		length = 0
+	}
+	header.Del("Content-Length")
+	if length >= 0 {
+		header.Set("Content-Length", strconv.FormatInt(length, 10))
+	} else {
+		header.Set("Connection", "close")
+	}
+	head := responseHead(resp, header)
+	var body io.Reader = bytes.NewReader(head)
+	if length != 0 {
+		body = io.MultiReader(body, resp.Body)
+	}
 	pushURL := util.ResolveProxyPath(proxyURL, util.PushPath)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, pushURL.String(), body)
 	if err != nil {
-		body.Close()
-		<-written
 		return err
 	}
+	req.ContentLength = -1
+	if length >= 0 {
+		req.ContentLength = int64(len(head)) + length
+	}
 	res, err := c.proxyClient.Do(req)
-	// Stop the copy if the proxy answered before reading it all.
-	body.CloseWithError(errPushEnded)
-	resp.Body.Close()
-	writeErr := <-written
 	if err != nil {
 		return err
 	}
@@ -179,8 +226,18 @@ func (c *client) push(ctx context.Context, proxyURL *url.URL, id string, resp *h
 	if res.StatusCode != http.StatusOK {
 		return fmt.Errorf("push answered %s: %s", res.Status, firstLine(reason))
 	}
-	if writeErr != nil && !errors.Is(writeErr, errPushEnded) {
-		return fmt.Errorf("reading target's answer: %w", writeErr)
-	}
 	return nil
+}
+
+// responseHead serializes the status line of resp and header as HTTP/1.1.
+func responseHead(resp *http.Response, header http.Header) []byte {
+	text := strings.TrimPrefix(resp.Status, strconv.Itoa(resp.StatusCode)+" ")
+	if text == "" {
+		text = http.StatusText(resp.StatusCode)
+	}
+	var head bytes.Buffer
+	fmt.Fprintf(&head, "HTTP/1.1 %03d %s\r\n", resp.StatusCode, text)
+	_ = header.Write(&head)
+	head.WriteString("\r\n")
+	return head.Bytes()
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -95,13 +96,15 @@ func (p *proxy) handlePoll(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	// A client that sends its FQDN byte by byte cannot hold a handler; the
 	// deadline is lifted once the body is in, as a parked poll reads nothing.
-	_ = rc.SetReadDeadline(time.Now().Add(bodyReadTimeout))
+	// On an error it stays, as net/http reads what is left of the body
+	// before it answers.
+	_ = rc.SetReadDeadline(time.Now().Add(cmp.Or(p.cfg.pollBodyTimeout, bodyReadTimeout)))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPollBody))
-	_ = rc.SetReadDeadline(time.Time{})
 	if err != nil {
 		httpError(w, readErrorStatus(err), "reading poll body: %v", err)
 		return
 	}
+	_ = rc.SetReadDeadline(time.Time{})
 	fqdn, err := util.ParseFQDN(string(body))
 	if err != nil {
 		httpError(w, http.StatusBadRequest, "bad poll: %v", err)
@@ -225,9 +228,22 @@ func (p *proxy) scrape(w http.ResponseWriter, r *http.Request) (outcome string, 
 	ctx, cancel := context.WithDeadline(r.Context(), deadline.Add(-answerMargin(timeout)))
 	defer cancel()
 	id := uuid.NewString()
+	// A request body that trickles in must not hold the scrape past its
+	// deadline; Prometheus' GETs have none, and their connection is left
+	// alone. The deadline is lifted once the body is in, before it can hit
+	// net/http's background read (see handlePush); on an error it stays, as
+	// net/http reads what is left of the body before it answers.
+	var rc *http.ResponseController
+	if r.Body != http.NoBody {
+		rc = http.NewResponseController(w)
+		_ = rc.SetReadDeadline(deadline)
+	}
 	head, err := scrapeRequest(r, id, timeout)
 	if err != nil {
 		return outcomeRefused, httpError(w, readErrorStatus(err), "bad scrape request: %v", err)
+	}
+	if rc != nil {
+		_ = rc.SetReadDeadline(time.Time{})
 	}
 	s := &scrape{id: id, fqdn: fqdn, head: head, deadline: deadline, ctx: ctx, pushed: make(chan *pushed, 1)}
 	if err := p.coord.submit(s); err != nil {

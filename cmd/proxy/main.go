@@ -46,6 +46,9 @@ type config struct {
 	// readHeaderTimeout bounds the time to read a request head; zero means
 	// 10s. Not a flag; tests shorten it.
 	readHeaderTimeout time.Duration
+	// pollBodyTimeout bounds the time to read a poll body; zero means
+	// bodyReadTimeout. Not a flag; tests shorten it.
+	pollBodyTimeout time.Duration
 }
 
 // validate reports the first setting that cannot work.
