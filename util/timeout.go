@@ -38,7 +38,11 @@ func HeaderTimeout(h http.Header, name string) (time.Duration, error) {
 	if seconds > math.MaxInt64/float64(time.Second) {
 		return time.Duration(math.MaxInt64), nil
 	}
-	return time.Duration(seconds * float64(time.Second)), nil
+	timeout := time.Duration(seconds * float64(time.Second))
+	if timeout <= 0 {
+		return 0, fmt.Errorf("invalid %s header %q: shorter than a nanosecond", name, value)
+	}
+	return timeout, nil
 }
 
 // FormatSeconds renders d as the seconds value of a timeout header.

@@ -67,6 +67,7 @@ func TestHeaderTimeout(t *testing.T) {
 		{name: "negative", header: "-1", wantErr: "invalid"},
 		{name: "NaN", header: "NaN", wantErr: "invalid"},
 		{name: "+Inf", header: "+Inf", wantErr: "invalid"},
+		{name: "below a nanosecond", header: "1e-300", wantErr: "shorter than a nanosecond"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := HeaderTimeout(timeoutHeader(tc.header), HeaderScrapeTimeoutSeconds)

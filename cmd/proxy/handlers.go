@@ -344,7 +344,9 @@ func (p *proxy) relay(w http.ResponseWriter, s *scrape, answer *pushed) (outcome
 	// Prometheus stops waiting at the deadline; so does the copy.
 	_ = rc.SetWriteDeadline(s.deadline)
 	w.WriteHeader(resp.StatusCode)
-	n, err := io.Copy(w, resp.Body)
+	// Copying through a plain io.Writer skips the ResponseWriter's content
+	// sniffing, which would split a small answer into two writes.
+	n, err := io.Copy(struct{ io.Writer }{w}, resp.Body)
 	p.metrics.proxiedBytes.Add(float64(n))
 	if err == nil {
 		err = rc.Flush()
