@@ -16,6 +16,7 @@ const HeaderLabels = "Pushprox-Labels"
 const (
 	MaxLabels          = 32
 	MaxLabelValueBytes = 1024
+	MaxLabelsBytes     = 4096 // the labels header, encoded
 )
 
 var labelNameRE = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)
@@ -67,6 +68,9 @@ func EncodeLabels(labels map[string]string) string {
 func DecodeLabels(header string) (map[string]string, error) {
 	if header == "" {
 		return nil, nil
+	}
+	if len(header) > MaxLabelsBytes {
+		return nil, fmt.Errorf("labels take %d bytes encoded, at most %d allowed", len(header), MaxLabelsBytes)
 	}
 	values, err := url.ParseQuery(header)
 	if err != nil {

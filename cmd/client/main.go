@@ -143,6 +143,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if len(cfg.labels) > util.MaxLabels {
 		return nil, fmt.Errorf("--label: %d labels, at most %d allowed", len(cfg.labels), util.MaxLabels)
 	}
+	if n := len(util.EncodeLabels(cfg.labels)); n > util.MaxLabelsBytes {
+		return nil, fmt.Errorf("--label: labels take %d bytes encoded, at most %d allowed", n, util.MaxLabelsBytes)
+	}
 	if cfg.fqdn == "" {
 		cfg.fqdn = hostFQDN()
 	}

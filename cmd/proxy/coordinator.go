@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"sort"
 	"sync"
@@ -18,14 +19,20 @@ import (
 // tell a late push apart from an unknown one.
 const maxRememberedIDs = 10000
 
+// maxRegistrationsPerFQDN bounds the label sets registered for one FQDN,
+// so that a client cycling through labels cannot grow the proxy's memory
+// and its service discovery without end.
+const maxRegistrationsPerFQDN = 64
+
 // rememberIDsFor is how long an abandoned scrape ID is remembered.
 const rememberIDsFor = 10 * time.Minute
 
 var (
-	errShuttingDown = errors.New("proxy is shutting down")
-	errUnknownID    = errors.New("unknown scrape id: never issued, or already answered")
-	errExpiredID    = errors.New("scrape already ended: it timed out or Prometheus gave up before the push")
-	errWrongClient  = errors.New("scrape was handed to another client")
+	errShuttingDown     = errors.New("proxy is shutting down")
+	errTooManyLabelSets = fmt.Errorf("too many label sets registered for this FQDN (at most %d within the registration timeout)", maxRegistrationsPerFQDN)
+	errUnknownID        = errors.New("unknown scrape id: never issued, or already answered")
+	errExpiredID        = errors.New("scrape already ended: it timed out or Prometheus gave up before the push")
+	errWrongClient      = errors.New("scrape was handed to another client")
 )
 
 // scrape is one Prometheus request waiting for a client to answer it.
@@ -171,6 +178,9 @@ func (c *coordinator) park(p *poll) (*scrape, error) {
 	key := util.LabelsKey(p.labels)
 	info := registrations[key]
 	if info == nil {
+		if len(registrations) >= maxRegistrationsPerFQDN {
+			return nil, errTooManyLabelSets
+		}
 		info = &clientInfo{fqdn: p.fqdn, labels: p.labels}
 		registrations[key] = info
 		level.Info(c.logger).Log("msg", "client registered", "fqdn", p.fqdn, "labels", util.EncodeLabels(p.labels))

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -163,5 +164,33 @@ func TestFlagsFromEnvironment(t *testing.T) {
 	t.Setenv("PUSHPROX_PROXY_SCRAPE_DEFAULT_TIMEOUT", "soon")
 	if _, err := parseFlags(nil, io.Discard); err == nil || !strings.Contains(err.Error(), "PUSHPROX_PROXY_SCRAPE_DEFAULT_TIMEOUT") {
 		t.Errorf("bad environment value: %v", err)
+	}
+}
+
+func TestLabelSetsPerFQDNAreBounded(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	pollWithLabels := func(env string) int {
+		t.Helper()
+		header := http.Header{util.HeaderPrefer: {"wait=0"}, util.HeaderLabels: {"env=" + env}}
+		resp, err := tp.poll(context.Background(), "node1.example", header)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for i := 0; i < maxRegistrationsPerFQDN; i++ {
+		if code := pollWithLabels(fmt.Sprint(i)); code != http.StatusNoContent {
+			t.Fatalf("label set %d: %d, want 204", i, code)
+		}
+	}
+	if code := pollWithLabels("one-too-many"); code != http.StatusTooManyRequests {
+		t.Errorf("label set beyond the bound: %d, want 429", code)
+	}
+	if code := pollWithLabels("0"); code != http.StatusNoContent {
+		t.Errorf("a registered label set: %d, want 204", code)
+	}
+	if got := len(tp.coord.clientList()); got != maxRegistrationsPerFQDN {
+		t.Errorf("%d registrations listed, want %d", got, maxRegistrationsPerFQDN)
 	}
 }

@@ -121,6 +121,10 @@ func (p *proxy) handlePoll(w http.ResponseWriter, r *http.Request) {
 	}
 	pl := &poll{ctx: r.Context(), fqdn: fqdn, labels: labels, identity: requestIdentity(r), handed: make(chan *scrape, 1)}
 	s, err := p.coord.park(pl)
+	if errors.Is(err, errTooManyLabelSets) {
+		httpError(w, http.StatusTooManyRequests, "poll refused: %v", err)
+		return
+	}
 	if err != nil {
 		httpError(w, http.StatusServiceUnavailable, "%v", err)
 		return
