@@ -116,29 +116,33 @@ func TestHealthAndReadiness(t *testing.T) {
 }
 
 func TestClientServesEveryProxy(t *testing.T) {
-	first := startProxy(t, defaultConfig())
-	second := startProxy(t, defaultConfig())
-	target := startTarget(t, "up 1\n")
-	first.startClient(t, "127.0.0.1", "--proxy-url="+second.srv.URL)
-	second.waitParked(t, 1)
+	for _, dies := range []int{0, 1} {
+		t.Run(fmt.Sprintf("proxy %d dies", dies), func(t *testing.T) {
+			proxies := []*testProxy{startProxy(t, defaultConfig()), startProxy(t, defaultConfig())}
+			target := startTarget(t, "up 1\n")
+			proxies[0].startClient(t, "127.0.0.1", "--proxy-url="+proxies[1].srv.URL)
+			proxies[1].waitParked(t, 1)
 
-	scrapeOK := func(tp *testProxy) {
-		t.Helper()
-		resp := tp.scrape(t, target.URL+"/metrics", http.Header{util.HeaderScrapeTimeoutSeconds: {"30"}})
-		if body, _ := io.ReadAll(resp.Body); resp.StatusCode != http.StatusOK || string(body) != "up 1\n" {
-			t.Fatalf("scrape: %s %q", resp.Status, body)
-		}
-	}
-	for i := 0; i < 3; i++ {
-		scrapeOK(first)
-		scrapeOK(second)
-	}
-	// The first proxy goes away; the second keeps serving every scrape.
-	first.coord.shutdown()
-	first.srv.CloseClientConnections()
-	first.srv.Close()
-	for i := 0; i < 5; i++ {
-		scrapeOK(second)
+			scrapeOK := func(tp *testProxy) {
+				t.Helper()
+				resp := tp.scrape(t, target.URL+"/metrics", http.Header{util.HeaderScrapeTimeoutSeconds: {"30"}})
+				if body, _ := io.ReadAll(resp.Body); resp.StatusCode != http.StatusOK || string(body) != "up 1\n" {
+					t.Fatalf("scrape: %s %q", resp.Status, body)
+				}
+			}
+			for i := 0; i < 3; i++ {
+				scrapeOK(proxies[0])
+				scrapeOK(proxies[1])
+			}
+			// One proxy goes away; the other keeps serving every scrape.
+			dead, alive := proxies[dies], proxies[1-dies]
+			dead.coord.shutdown()
+			dead.srv.CloseClientConnections()
+			dead.srv.Close()
+			for i := 0; i < 5; i++ {
+				scrapeOK(alive)
+			}
+		})
 	}
 }
 
