@@ -197,11 +197,12 @@ func (c *client) push(ctx context.Context, proxyURL *url.URL, id string, resp *h
 	if resp.Body == nil || resp.Body == http.NoBody {
 		length = 0
 	}
+	// Without a length, the answer's body ends with the push body, as
+	// HTTP/1.1 allows; no Connection header is needed for that, and one
+	// would reach Prometheus through proxies that copy headers as they are.
 	header.Del("Content-Length")
 	if length >= 0 {
 		header.Set("Content-Length", strconv.FormatInt(length, 10))
-	} else {
-		header.Set("Connection", "close")
 	}
 	head := responseHead(resp, header)
 	var body io.Reader = bytes.NewReader(head)

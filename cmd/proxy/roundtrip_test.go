@@ -173,3 +173,27 @@ func TestRoundTripTargetDownIsReportedAtOnce(t *testing.T) {
 		t.Errorf("body %q does not give the reason", body)
 	}
 }
+
+func TestRoundTripOfAnswerWithoutLength(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	// Flushing before the end makes the target answer chunked, without a
+	// Content-Length, as most exporters do.
+	want := strings.Repeat("node_cpu_seconds_total{cpu=\"0\"} 1\n", 5000)
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, want[:100])
+		http.NewResponseController(w).Flush()
+		io.WriteString(w, want[100:])
+	}))
+	t.Cleanup(target.Close)
+	tp.startClient(t, "127.0.0.1")
+	for i := 0; i < 3; i++ {
+		resp := tp.scrape(t, target.URL+"/metrics", http.Header{util.HeaderScrapeTimeoutSeconds: {"30"}})
+		body, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK || string(body) != want {
+			t.Fatalf("scrape %d: %s, %d bytes, %v", i, resp.Status, len(body), err)
+		}
+		if got := resp.Header.Get("Connection"); got != "" {
+			t.Errorf("Connection header reached Prometheus: %q", got)
+		}
+	}
+}
