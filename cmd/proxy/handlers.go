@@ -196,13 +196,16 @@ func (p *proxy) deliver(w http.ResponseWriter, r *http.Request, s *scrape) error
 		abandonPoll(w)
 		return err
 	}
+	rc := http.NewResponseController(w)
+	// A client that stops reading cannot hold the scrape past its deadline.
+	_ = rc.SetWriteDeadline(s.deadline)
 	w.Header().Set("Content-Type", "application/http")
 	w.Header().Set("Content-Length", strconv.Itoa(len(s.head)))
 	w.WriteHeader(http.StatusOK)
 	if _, err := w.Write(s.head); err != nil {
 		return err
 	}
-	return http.NewResponseController(w).Flush()
+	return rc.Flush()
 }
 
 // handleScrape serves a Prometheus proxy request: it hands the scrape to a
@@ -462,6 +465,8 @@ func (p *proxy) handlePush(w http.ResponseWriter, r *http.Request) {
 func (p *proxy) rejectPush(w http.ResponseWriter, reason string, code int, format string, args ...any) {
 	p.metrics.pushesRejected.WithLabelValues(reason).Inc()
 	level.Debug(p.logger).Log("msg", "push rejected", "reason", reason, "err", fmt.Sprintf(format, args...))
+	// The rest of a refused push is not read: the connection closes.
+	w.Header().Set("Connection", "close")
 	httpError(w, code, format, args...)
 }
 
