@@ -23,6 +23,22 @@ func ScrapeTimeout(h http.Header, def, max time.Duration) time.Duration {
 	return timeout
 }
 
+// AnswerMargin is how long before a scrape's timeout the proxy stops
+// waiting for a client and answers Prometheus itself: a tenth of the
+// timeout, at most half a second. Prometheus then reads the proxy's reason
+// instead of running into its own timeout.
+func AnswerMargin(timeout time.Duration) time.Duration {
+	return min(timeout/10, 500*time.Millisecond)
+}
+
+// TargetTimeout is how long a client gives the target of a scrape with the
+// given timeout: two answer margins less, so that the reason for a target
+// that does not answer in time still reaches the proxy before it stops
+// waiting.
+func TargetTimeout(timeout time.Duration) time.Duration {
+	return timeout - 2*AnswerMargin(timeout)
+}
+
 // HeaderTimeout parses the named header as a positive, finite number of
 // seconds.
 func HeaderTimeout(h http.Header, name string) (time.Duration, error) {

@@ -30,7 +30,7 @@ func (c *client) doScrape(ctx context.Context, proxyURL *url.URL, req *http.Requ
 		c.refuse(ctx, proxyURL, req, err)
 		return
 	}
-	scrapeCtx, cancel := context.WithTimeout(ctx, timeout)
+	scrapeCtx, cancel := context.WithTimeout(ctx, util.TargetTimeout(timeout))
 	defer cancel()
 	start := time.Now()
 	resp, err := c.scrapeTarget(scrapeCtx, req)

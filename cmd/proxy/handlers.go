@@ -232,7 +232,7 @@ func (p *proxy) scrape(w http.ResponseWriter, r *http.Request) (outcome string, 
 	// A push already streaming may use the full timeout.
 	start := time.Now()
 	deadline := start.Add(timeout)
-	ctx, cancel := context.WithDeadline(r.Context(), deadline.Add(-answerMargin(timeout)))
+	ctx, cancel := context.WithDeadline(r.Context(), deadline.Add(-util.AnswerMargin(timeout)))
 	defer cancel()
 	id := uuid.NewString()
 	// A request body that trickles in must not hold the scrape past its
@@ -294,12 +294,6 @@ func (p *proxy) scrape(w http.ResponseWriter, r *http.Request) (outcome string, 
 				"no client connected as %q within %s", fqdn, timeout)
 		}
 	}
-}
-
-// answerMargin is how long before a scrape's timeout the proxy answers on
-// its own: a tenth of the timeout, at most half a second.
-func answerMargin(timeout time.Duration) time.Duration {
-	return min(timeout/10, 500*time.Millisecond)
 }
 
 // scrapeRequest serializes the request a client will make: Prometheus'

@@ -197,3 +197,19 @@ func TestRoundTripOfAnswerWithoutLength(t *testing.T) {
 		}
 	}
 }
+
+func TestTargetTooSlowIsReportedByTheClientNotAsItsTimeout(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done()
+	}))
+	t.Cleanup(target.Close)
+	tp.startClient(t, "127.0.0.1")
+	resp := tp.scrape(t, target.URL+"/metrics", http.Header{util.HeaderScrapeTimeoutSeconds: {"5"}})
+	body, _ := io.ReadAll(resp.Body)
+	// The client gives up on the target early enough for its reason to
+	// reach Prometheus, instead of the proxy's "did not answer in time".
+	if resp.StatusCode != http.StatusInternalServerError || !strings.Contains(string(body), "deadline exceeded") {
+		t.Errorf("got %s %q, want 500 with the client's reason", resp.Status, body)
+	}
+}
