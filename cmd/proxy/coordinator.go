@@ -42,7 +42,7 @@ type scrape struct {
 	head     []byte          // the request in proxy form, as a poll answer carries it
 	deadline time.Time       // when Prometheus stops waiting
 	ctx      context.Context // ends at deadline or when Prometheus goes away
-	pushed   chan *pushed    // capacity 1: at most one push ever takes the scrape
+	pushed   chan *pushed    // capacity 1: at most one push ever takes the scrape; nil when it cannot be answered
 
 	// identity is who received the scrape, client its registration and
 	// handedAt when; set when it is handed to a poll, guarded by
@@ -231,11 +231,16 @@ func (c *coordinator) requeue(s *scrape) {
 	if s.ctx.Err() != nil {
 		return
 	}
-	if !c.closing {
-		if p := c.takePollLocked(s.fqdn); p != nil {
-			c.handLocked(s, p)
-			return
-		}
+	if c.closing {
+		// No poll will come: a nil answer tells the waiting Prometheus
+		// handler at once. No push can take s any more, so the channel
+		// is free.
+		s.pushed <- nil
+		return
+	}
+	if p := c.takePollLocked(s.fqdn); p != nil {
+		c.handLocked(s, p)
+		return
 	}
 	c.queued[s.fqdn] = append([]*scrape{s}, c.queued[s.fqdn]...)
 }

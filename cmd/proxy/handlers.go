@@ -266,6 +266,9 @@ func (p *proxy) scrape(w http.ResponseWriter, r *http.Request) (outcome string, 
 	for {
 		select {
 		case answer := <-s.pushed:
+			if answer == nil {
+				return outcomeRefused, httpError(w, http.StatusServiceUnavailable, "%v", errShuttingDown)
+			}
 			// handedAt was set under the coordinator's lock before the push
 			// could take the scrape, so it is safe to read here.
 			p.metrics.scrapeWait.Observe(s.handedAt.Sub(start).Seconds())
