@@ -14,11 +14,15 @@ COPY go.mod go.sum ./
 RUN go mod download
 
 COPY . .
+# The version shown by --version and pushprox_build_info:
+#   docker build --build-arg VERSION=$(git describe --tags --always) .
+ARG VERSION=unknown
 ENV CGO_ENABLED=0
-RUN GOOS=${TARGETOS:-linux} GOARCH=${TARGETARCH} \
-        go build -trimpath -ldflags='-s -w' -o /out/pushprox-proxy ./cmd/proxy && \
+RUN LDFLAGS="-s -w -X github.com/prometheus/common/version.Version=${VERSION}" && \
     GOOS=${TARGETOS:-linux} GOARCH=${TARGETARCH} \
-        go build -trimpath -ldflags='-s -w' -o /out/pushprox-client ./cmd/client
+        go build -trimpath -ldflags="$LDFLAGS" -o /out/pushprox-proxy ./cmd/proxy && \
+    GOOS=${TARGETOS:-linux} GOARCH=${TARGETARCH} \
+        go build -trimpath -ldflags="$LDFLAGS" -o /out/pushprox-client ./cmd/client
 
 # ---- runtime stage: static binaries, CA certificates, no shell, non-root
 FROM gcr.io/distroless/static-debian12:nonroot
