@@ -29,6 +29,7 @@ const rememberIDsFor = 10 * time.Minute
 
 var (
 	errShuttingDown     = errors.New("proxy is shutting down")
+	errTooManyClients   = errors.New("too many clients registered (--registration.max-clients)")
 	errTooManyLabelSets = fmt.Errorf("too many label sets registered for this FQDN (at most %d within the registration timeout)", maxRegistrationsPerFQDN)
 	errUnknownID        = errors.New("unknown scrape id: never issued, or already answered")
 	errExpiredID        = errors.New("scrape already ended: it timed out or Prometheus gave up before the push")
@@ -102,6 +103,7 @@ type clientStatus struct {
 type coordinator struct {
 	logger              log.Logger
 	registrationTimeout time.Duration
+	maxClients          int              // most client registrations kept at once
 	now                 func() time.Time // the clock, replaceable in tests
 	closed              chan struct{}    // closed when shutdown begins
 	stopGC              chan struct{}
@@ -121,16 +123,19 @@ type coordinator struct {
 	// labels, so that the labels of two clients with the same FQDN do not
 	// mix; guarded by mu.
 	clients map[string]map[string]*clientInfo
+	// registrations counts the entries of clients; guarded by mu.
+	registrations int
 	// closing is set when shutdown begins; guarded by mu.
 	closing bool
 	// drained is closed when closing and inflight is empty; guarded by mu.
 	drained chan struct{}
 }
 
-func newCoordinator(logger log.Logger, registrationTimeout time.Duration, now func() time.Time) *coordinator {
+func newCoordinator(logger log.Logger, registrationTimeout time.Duration, maxClients int, now func() time.Time) *coordinator {
 	c := &coordinator{
 		logger:              logger,
 		registrationTimeout: registrationTimeout,
+		maxClients:          maxClients,
 		now:                 now,
 		closed:              make(chan struct{}),
 		stopGC:              make(chan struct{}),
@@ -181,6 +186,10 @@ func (c *coordinator) park(p *poll) (*scrape, error) {
 		if len(registrations) >= maxRegistrationsPerFQDN {
 			return nil, errTooManyLabelSets
 		}
+		if c.registrations >= c.maxClients {
+			return nil, errTooManyClients
+		}
+		c.registrations++
 		info = &clientInfo{fqdn: p.fqdn, labels: p.labels}
 		registrations[key] = info
 		level.Info(c.logger).Log("msg", "client registered", "fqdn", p.fqdn, "labels", util.EncodeLabels(p.labels))
@@ -437,6 +446,7 @@ func (c *coordinator) collectGarbage(now time.Time) {
 		for key, info := range registrations {
 			if !c.aliveLocked(info, now) {
 				delete(registrations, key)
+				c.registrations--
 				level.Info(c.logger).Log("msg", "client forgotten", "fqdn", fqdn, "last_seen", info.lastSeen)
 			}
 		}

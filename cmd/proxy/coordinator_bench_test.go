@@ -22,7 +22,7 @@ import (
 // proxy serving a fleet has, and closes it when the benchmark ends.
 func benchCoordinator(b *testing.B, idle int) *coordinator {
 	b.Helper()
-	c := newCoordinator(log.NewNopLogger(), 5*time.Minute, time.Now)
+	c := newCoordinator(log.NewNopLogger(), 5*time.Minute, 1<<30, time.Now)
 	b.Cleanup(c.close)
 	for i := range idle {
 		p := &poll{ctx: context.Background(), fqdn: "idle-" + strconv.Itoa(i), handed: make(chan *scrape, 1)}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rancher/pushprox/util"
 )
@@ -196,5 +197,40 @@ func TestLabelSetsPerFQDNAreBounded(t *testing.T) {
 	}
 	if got := len(tp.coord.clientList()); got != maxRegistrationsPerFQDN {
 		t.Errorf("%d registrations listed, want %d", got, maxRegistrationsPerFQDN)
+	}
+}
+
+func TestRegistrationsAreBoundedInTotal(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1e9, 0)}
+	cfg := defaultConfig()
+	cfg.maxClients = 3
+	cfg.registrationTimeout = time.Minute
+	cfg.clock = clock.Now
+	tp := startProxy(t, cfg)
+	pollAs := func(fqdn string) int {
+		t.Helper()
+		resp, err := tp.poll(context.Background(), fqdn, http.Header{util.HeaderPrefer: {"wait=0"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, fqdn := range []string{"a.example", "b.example", "c.example"} {
+		if code := pollAs(fqdn); code != http.StatusNoContent {
+			t.Fatalf("%s: %d, want 204", fqdn, code)
+		}
+	}
+	if code := pollAs("d.example"); code != http.StatusTooManyRequests {
+		t.Errorf("a client beyond --registration.max-clients: %d, want 429", code)
+	}
+	if code := pollAs("a.example"); code != http.StatusNoContent {
+		t.Errorf("a known client: %d, want 204", code)
+	}
+	// Once the others are forgotten, there is room again.
+	clock.advance(2 * cfg.registrationTimeout)
+	tp.coord.collectGarbage(clock.Now())
+	if code := pollAs("d.example"); code != http.StatusNoContent {
+		t.Errorf("after garbage collection: %d, want 204", code)
 	}
 }

@@ -50,7 +50,7 @@ func newProxy(cfg config, logger log.Logger, reg prometheus.Registerer, gatherer
 	if clock == nil {
 		clock = time.Now
 	}
-	coord := newCoordinator(logger, cfg.registrationTimeout, clock)
+	coord := newCoordinator(logger, cfg.registrationTimeout, cfg.maxClients, clock)
 	p := &proxy{
 		cfg:     cfg,
 		logger:  logger,
@@ -121,7 +121,7 @@ func (p *proxy) handlePoll(w http.ResponseWriter, r *http.Request) {
 	}
 	pl := &poll{ctx: r.Context(), fqdn: fqdn, labels: labels, identity: requestIdentity(r), handed: make(chan *scrape, 1)}
 	s, err := p.coord.park(pl)
-	if errors.Is(err, errTooManyLabelSets) {
+	if errors.Is(err, errTooManyLabelSets) || errors.Is(err, errTooManyClients) {
 		httpError(w, http.StatusTooManyRequests, "poll refused: %v", err)
 		return
 	}

@@ -33,6 +33,7 @@ type config struct {
 	maxTimeout          time.Duration
 	defaultTimeout      time.Duration
 	registrationTimeout time.Duration
+	maxClients          int
 	maxPushBytes        int64
 	shutdownTimeout     time.Duration
 	logLevel            string
@@ -60,6 +61,8 @@ func (c config) validate() error {
 		return errors.New("--scrape.default-timeout must be positive")
 	case c.registrationTimeout <= 0:
 		return errors.New("--registration.timeout must be positive")
+	case c.maxClients <= 0:
+		return errors.New("--registration.max-clients must be positive")
 	case c.maxPushBytes <= 0:
 		return errors.New("--push.max-body-size must be positive")
 	case c.shutdownTimeout < 0:
@@ -82,6 +85,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		Default("15s").DurationVar(&cfg.defaultTimeout)
 	app.Flag("registration.timeout", "How long a client not heard from stays known.").
 		Default("5m").DurationVar(&cfg.registrationTimeout)
+	app.Flag("registration.max-clients", "Most clients (FQDN and label set) known at once; polls registering more get 429.").
+		Default("100000").IntVar(&cfg.maxClients)
 	maxPushBytes := app.Flag("push.max-body-size", "Largest scrape answer a client may push (e.g. 512MiB).").
 		Default("1GiB").Bytes()
 	app.Flag("web.shutdown-timeout", "How long a stopping proxy waits for scrapes in flight.").

@@ -34,6 +34,7 @@ func defaultConfig() config {
 		maxTimeout:          5 * time.Minute,
 		defaultTimeout:      15 * time.Second,
 		registrationTimeout: 5 * time.Minute,
+		maxClients:          1000,
 		maxPushBytes:        64 << 20,
 		shutdownTimeout:     5 * time.Second,
 	}
