@@ -11,7 +11,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -41,7 +40,8 @@ type client struct {
 	targetClient *http.Client  // towards the scraped targets
 	slots        chan struct{} // bounds concurrent scrapes
 	scrapes      sync.WaitGroup
-	labels       string       // the labels header sent with each poll
+	labels       string // the labels header sent with each poll
+	lookupHost   func(ctx context.Context, host string) ([]string, error)
 	connected    atomic.Int64 // proxies whose last poll succeeded
 }
 
@@ -58,6 +58,7 @@ func newClient(cfg config, logger log.Logger, reg prometheus.Registerer) (*clien
 		targetClient: &http.Client{Transport: toTarget, CheckRedirect: cfg.checkRedirect},
 		slots:        make(chan struct{}, cfg.maxConcurrentScrapes),
 		labels:       util.EncodeLabels(cfg.labels),
+		lookupHost:   net.DefaultResolver.LookupHost,
 	}, nil
 }
 
@@ -128,7 +129,11 @@ func (c *client) Run(ctx context.Context) {
 		loops.Add(1)
 		go func() {
 			defer loops.Done()
-			c.pollLoop(ctx, proxyURL)
+			if c.cfg.proxyResolveAll {
+				c.resolveLoop(ctx, proxyURL)
+				return
+			}
+			c.pollLoop(ctx, &upstream{url: proxyURL, http: c.proxyClient})
 		}()
 	}
 	loops.Wait()
@@ -139,8 +144,8 @@ func (c *client) Run(ctx context.Context) {
 
 // pollLoop polls one proxy, starting a scrape for each request it is given
 // and polling again at once. Failed polls are retried with backoff.
-func (c *client) pollLoop(ctx context.Context, proxyURL *url.URL) {
-	logger := log.With(c.logger, "proxy", proxyURL.Redacted())
+func (c *client) pollLoop(ctx context.Context, up *upstream) {
+	logger := log.With(c.logger, "proxy", up.String())
 	retry := newBackoff(c.cfg.retryInitialWait, c.cfg.retryMaxWait)
 	connected := false
 	// setConnected keeps c.connected counting this proxy while its last
@@ -156,7 +161,7 @@ func (c *client) pollLoop(ctx context.Context, proxyURL *url.URL) {
 	}
 	defer setConnected(false)
 	for ctx.Err() == nil {
-		req, err := c.poll(ctx, proxyURL)
+		req, err := c.poll(ctx, up)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -183,7 +188,7 @@ func (c *client) pollLoop(ctx context.Context, proxyURL *url.URL) {
 		select {
 		case c.slots <- struct{}{}:
 		case <-ctx.Done():
-			c.refuse(context.WithoutCancel(ctx), proxyURL, req, errors.New("client is shutting down"))
+			c.refuse(context.WithoutCancel(ctx), up, req, errors.New("client is shutting down"))
 			return
 		}
 		c.scrapes.Add(1)
@@ -191,7 +196,7 @@ func (c *client) pollLoop(ctx context.Context, proxyURL *url.URL) {
 			defer c.scrapes.Done()
 			defer func() { <-c.slots }()
 			// A scrape already taken is finished even when the client stops.
-			c.doScrape(context.WithoutCancel(ctx), proxyURL, req)
+			c.doScrape(context.WithoutCancel(ctx), up, req)
 		}()
 	}
 }
@@ -211,8 +216,8 @@ func newBackoff(initial, max time.Duration) *backoff.ExponentialBackOff {
 
 // poll asks a proxy for a scrape. It returns nil without error when the
 // proxy had none within the poll's wait.
-func (c *client) poll(ctx context.Context, proxyURL *url.URL) (*http.Request, error) {
-	pollURL := util.ResolveProxyPath(proxyURL, util.PollPath)
+func (c *client) poll(ctx context.Context, up *upstream) (*http.Request, error) {
+	pollURL := util.ResolveProxyPath(up.url, util.PollPath)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, pollURL.String(), strings.NewReader(c.cfg.fqdn))
 	if err != nil {
 		return nil, err
@@ -224,7 +229,7 @@ func (c *client) poll(ctx context.Context, proxyURL *url.URL) (*http.Request, er
 	if c.cfg.pollWait > 0 {
 		req.Header.Set(util.HeaderPrefer, "wait="+strconv.Itoa(int(c.cfg.pollWait/time.Second)))
 	}
-	resp, err := c.proxyClient.Do(req)
+	resp, err := up.http.Do(req)
 	if err != nil {
 		return nil, err
 	}

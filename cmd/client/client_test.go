@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -94,12 +95,19 @@ type fakeProxy struct {
 
 func startFakeProxy(t *testing.T) *fakeProxy {
 	t.Helper()
+	return startFakeProxyOn(t, nil)
+}
+
+// startFakeProxyOn is startFakeProxy listening on ln, or on a port of its
+// own when ln is nil.
+func startFakeProxyOn(t *testing.T, ln net.Listener) *fakeProxy {
+	t.Helper()
 	fp := &fakeProxy{
 		answers: make(chan pollAnswer, 64),
 		polls:   make(chan polled, 64),
 		pushes:  make(chan pushed, 64),
 	}
-	fp.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	fp.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/poll"):
 			fp.handlePoll(w, r)
@@ -110,6 +118,11 @@ func startFakeProxy(t *testing.T) *fakeProxy {
 			http.NotFound(w, r)
 		}
 	}))
+	if ln != nil {
+		fp.srv.Listener.Close()
+		fp.srv.Listener = ln
+	}
+	fp.srv.Start()
 	t.Cleanup(fp.srv.Close)
 	return fp
 }

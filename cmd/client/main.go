@@ -45,6 +45,8 @@ type config struct {
 	retryMaxWait         time.Duration
 	pollWait             time.Duration
 	maxConcurrentScrapes int
+	proxyResolveAll      bool
+	resolveInterval      time.Duration // how often --proxy.resolve-all resolves; zero means 30s; not a flag
 	labels               map[string]string
 	logLevel             string
 	logFormat            string
@@ -114,6 +116,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		Default("30s").DurationVar(&cfg.pollWait)
 	app.Flag("scrape.max-concurrency", "Most scrapes served at once.").
 		Default("16").IntVar(&cfg.maxConcurrentScrapes)
+	app.Flag("proxy.resolve-all", "Poll every address each --proxy-url's host resolves to (proxy replicas behind a Kubernetes headless Service), resolving again every 30s.").
+		BoolVar(&cfg.proxyResolveAll)
 	app.Flag("label", "Label name=value announced to the proxy for service discovery; repeatable.").
 		StringsVar(&labels)
 	app.LogFlags(&cfg.logLevel, &cfg.logFormat)

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -19,15 +18,15 @@ import (
 	"github.com/rancher/pushprox/util"
 )
 
-// doScrape serves one scrape request from the proxy at proxyURL: it scrapes
+// doScrape serves one scrape request from the proxy up: it scrapes
 // the target within the forwarded timeout and pushes the answer, or the
 // reason it could not, back to the proxy.
-func (c *client) doScrape(ctx context.Context, proxyURL *url.URL, req *http.Request) {
+func (c *client) doScrape(ctx context.Context, up *upstream, req *http.Request) {
 	id := req.Header.Get(util.HeaderID)
 	logger := log.With(c.logger, "scrape_id", id, "url", req.URL.Redacted())
 	timeout, err := util.HeaderTimeout(req.Header, util.HeaderScrapeTimeoutSeconds)
 	if err != nil {
-		c.refuse(ctx, proxyURL, req, err)
+		c.refuse(ctx, up, req, err)
 		return
 	}
 	scrapeCtx, cancel := context.WithTimeout(ctx, util.TargetTimeout(timeout))
@@ -37,11 +36,11 @@ func (c *client) doScrape(ctx context.Context, proxyURL *url.URL, req *http.Requ
 	if err != nil {
 		// Not under scrapeCtx: when its deadline is what failed the scrape,
 		// a push under it would fail too and the reason would be lost.
-		c.refuse(ctx, proxyURL, req, err)
+		c.refuse(ctx, up, req, err)
 		return
 	}
 	defer resp.Body.Close()
-	if err := c.push(scrapeCtx, proxyURL, id, resp); err != nil {
+	if err := c.push(scrapeCtx, up, id, resp); err != nil {
 		c.metrics.pushErrors.Inc()
 		level.Warn(logger).Log("msg", "push failed", "err", err)
 		return
@@ -57,7 +56,7 @@ var refuseTimeout = 10 * time.Second
 
 // refuse pushes a 500 whose body is the reason a scrape failed, so that
 // Prometheus sees it at once instead of waiting for its timeout.
-func (c *client) refuse(ctx context.Context, proxyURL *url.URL, req *http.Request, reason error) {
+func (c *client) refuse(ctx context.Context, up *upstream, req *http.Request, reason error) {
 	ctx, cancel := context.WithTimeout(ctx, refuseTimeout)
 	defer cancel()
 	c.metrics.scrapeErrors.Inc()
@@ -73,7 +72,7 @@ func (c *client) refuse(ctx context.Context, proxyURL *url.URL, req *http.Reques
 		Body:          io.NopCloser(strings.NewReader(msg)),
 		ContentLength: int64(len(msg)),
 	}
-	if err := c.push(ctx, proxyURL, id, resp); err != nil {
+	if err := c.push(ctx, up, id, resp); err != nil {
 		c.metrics.pushErrors.Inc()
 		level.Warn(logger).Log("msg", "push of scrape error failed", "err", err)
 	}
@@ -186,7 +185,7 @@ func sameHost(a, b string) bool {
 // its timeout, then its body, streamed as it arrives. When the target gave
 // a length, so does the push; otherwise the push is chunked and the answer's
 // body ends with it.
-func (c *client) push(ctx context.Context, proxyURL *url.URL, id string, resp *http.Response) error {
+func (c *client) push(ctx context.Context, up *upstream, id string, resp *http.Response) error {
 	header := resp.Header.Clone()
 	util.RemoveHopByHopHeaders(header)
 	header.Set(util.HeaderID, id)
@@ -209,7 +208,7 @@ func (c *client) push(ctx context.Context, proxyURL *url.URL, id string, resp *h
 	if length != 0 {
 		body = io.MultiReader(body, resp.Body)
 	}
-	pushURL := util.ResolveProxyPath(proxyURL, util.PushPath)
+	pushURL := util.ResolveProxyPath(up.url, util.PushPath)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, pushURL.String(), body)
 	if err != nil {
 		return err
@@ -218,7 +217,7 @@ func (c *client) push(ctx context.Context, proxyURL *url.URL, id string, resp *h
 	if length >= 0 {
 		req.ContentLength = int64(len(head)) + length
 	}
-	res, err := c.proxyClient.Do(req)
+	res, err := up.http.Do(req)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"net"
+	"net/http"
+	"net/url"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/go-kit/log/level"
+
+	"github.com/rancher/pushprox/util"
+)
+
+// upstream is a proxy as the client reaches it: its base URL and the HTTP
+// client for it. A scrape is pushed back through the upstream that handed
+// it out, as only that proxy waits for it.
+type upstream struct {
+	url     *url.URL
+	http    *http.Client
+	address string // the one address dialled, with --proxy.resolve-all
+}
+
+// String names the upstream in logs, without credentials.
+func (up *upstream) String() string {
+	if up.address == "" {
+		return up.url.Redacted()
+	}
+	return up.url.Redacted() + " at " + up.address
+}
+
+// resolveLoop polls every address the host of proxyURL resolves to, each
+// with a poll loop and connections of its own, so that every replica behind
+// a name (a Kubernetes headless Service) has a poll parked. The name is
+// resolved again every resolveInterval; loops for addresses that are gone
+// stop, and their scrapes in flight finish.
+func (c *client) resolveLoop(ctx context.Context, proxyURL *url.URL) {
+	port := proxyURL.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[proxyURL.Scheme]
+	}
+	var loops sync.WaitGroup
+	running := map[string]context.CancelFunc{} // by address; owned by this goroutine
+	defer func() {
+		for _, stop := range running {
+			stop()
+		}
+		loops.Wait()
+	}()
+	ticker := time.NewTicker(cmp.Or(c.cfg.resolveInterval, 30*time.Second))
+	defer ticker.Stop()
+	for {
+		hosts, err := c.lookupHost(ctx, proxyURL.Hostname())
+		if err != nil {
+			// The loops already running keep going on a failed lookup.
+			c.metrics.pollErrors.Inc()
+			level.Warn(c.logger).Log("msg", "resolving proxy failed", "proxy", proxyURL.Redacted(), "err", err)
+		} else {
+			want := map[string]bool{}
+			for _, host := range hosts {
+				want[net.JoinHostPort(host, port)] = true
+			}
+			for address, stop := range running {
+				if !want[address] {
+					stop()
+					delete(running, address)
+				}
+			}
+			for _, address := range sortedKeys(want) {
+				if running[address] != nil {
+					continue
+				}
+				loopCtx, stop := context.WithCancel(ctx)
+				running[address] = stop
+				up := &upstream{url: proxyURL, http: c.pinnedClient(address), address: address}
+				loops.Add(1)
+				go func() {
+					defer loops.Done()
+					defer up.http.CloseIdleConnections()
+					c.pollLoop(loopCtx, up)
+				}()
+			}
+		}
+		select {
+		case <-ticker.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// pinnedClient returns an HTTP client for the proxies whose connections all
+// go to address. The URL's host still names the proxy in requests and
+// TLS, so certificates are checked against the name.
+func (c *client) pinnedClient(address string) *http.Client {
+	rt := c.proxyClient.Transport
+	auth, withAuth := rt.(*basicAuthTransport)
+	base := rt.(*http.Transport)
+	if withAuth {
+		base = auth.next
+	}
+	pinned := base.Clone()
+	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAliveConfig: util.KeepAlive}
+	pinned.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return dialer.DialContext(ctx, network, address)
+	}
+	rt = pinned
+	if withAuth {
+		pinnedAuth := *auth
+		pinnedAuth.next = pinned
+		rt = &pinnedAuth
+	}
+	return &http.Client{Transport: rt, CheckRedirect: c.proxyClient.CheckRedirect}
+}
+
+func sortedKeys(set map[string]bool) []string {
+	keys := make([]string, 0, len(set))
+	for key := range set {
+		keys = append(keys, key)
+	}
+	sort.Strings(keys)
+	return keys
+}
