@@ -161,6 +161,7 @@ func (c *client) pollLoop(ctx context.Context, up *upstream) {
 	}
 	defer setConnected(false)
 	for ctx.Err() == nil {
+		start := time.Now()
 		req, err := c.poll(ctx, up)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -170,11 +171,7 @@ func (c *client) pollLoop(ctx context.Context, up *upstream) {
 			c.metrics.pollErrors.Inc()
 			wait := retry.NextBackOff()
 			level.Warn(logger).Log("msg", "poll failed, retrying", "wait", wait, "err", err)
-			timer := time.NewTimer(wait)
-			select {
-			case <-timer.C:
-			case <-ctx.Done():
-				timer.Stop()
+			if !sleep(ctx, wait) {
 				return
 			}
 			continue
@@ -182,6 +179,12 @@ func (c *client) pollLoop(ctx context.Context, up *upstream) {
 		retry.Reset()
 		setConnected(true)
 		if req == nil {
+			// A proxy honouring the wait answers "no work" only after it.
+			// One that answers at once would have the client poll in a
+			// tight loop, so it is given a pause.
+			if time.Since(start) < minEmptyPollTime && !sleep(ctx, c.cfg.retryInitialWait) {
+				return
+			}
 			continue
 		}
 		// Wait for a free slot before taking more work from this proxy.
@@ -198,6 +201,22 @@ func (c *client) pollLoop(ctx context.Context, up *upstream) {
 			// A scrape already taken is finished even when the client stops.
 			c.doScrape(context.WithoutCancel(ctx), up, req)
 		}()
+	}
+}
+
+// minEmptyPollTime is the least time a proxy that honours the client's wait
+// preference takes to answer a poll without work.
+const minEmptyPollTime = 500 * time.Millisecond
+
+// sleep waits for d and reports whether ctx was still live at the end.
+func sleep(ctx context.Context, d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
