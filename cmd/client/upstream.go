@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/go-kit/log/level"
-
-	"github.com/rancher/pushprox/util"
 )
 
 // upstream is a proxy as the client reaches it: its base URL and the HTTP
@@ -96,22 +94,22 @@ func (c *client) resolveLoop(ctx context.Context, proxyURL *url.URL) {
 // go to address. The URL's host still names the proxy in requests and
 // TLS, so certificates are checked against the name.
 func (c *client) pinnedClient(address string) *http.Client {
-	rt := c.proxyClient.Transport
-	auth, withAuth := rt.(*basicAuthTransport)
-	base := rt.(*http.Transport)
-	if withAuth {
-		base = auth.next
+	pin := func(t *http.Transport) *http.Transport {
+		pinned := t.Clone()
+		dial := t.DialContext
+		pinned.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return dial(ctx, network, address)
+		}
+		return pinned
 	}
-	pinned := base.Clone()
-	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAliveConfig: util.KeepAlive}
-	pinned.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
-		return dialer.DialContext(ctx, network, address)
-	}
-	rt = pinned
-	if withAuth {
-		pinnedAuth := *auth
-		pinnedAuth.next = pinned
-		rt = &pinnedAuth
+	var rt http.RoundTripper
+	switch t := c.proxyClient.Transport.(type) {
+	case *basicAuthTransport:
+		auth := *t
+		auth.next = pin(t.next)
+		rt = &auth
+	case *http.Transport:
+		rt = pin(t)
 	}
 	return &http.Client{Transport: rt, CheckRedirect: c.proxyClient.CheckRedirect}
 }

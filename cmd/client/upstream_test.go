@@ -2,9 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
+	"fmt"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -33,6 +37,14 @@ func listenPair(t *testing.T) (net.Listener, net.Listener, string) {
 }
 
 func TestResolveAllPollsEveryReplica(t *testing.T) {
+	for _, withPassword := range []bool{false, true} {
+		t.Run(fmt.Sprintf("proxy password %v", withPassword), func(t *testing.T) {
+			testResolveAll(t, withPassword)
+		})
+	}
+}
+
+func testResolveAll(t *testing.T, withPassword bool) {
 	ln1, ln2, proxyPort := listenPair(t)
 	replicas := []*fakeProxy{startFakeProxyOn(t, ln1), startFakeProxyOn(t, ln2)}
 	target, seen := recordingTarget(t, false, http.StatusOK, "up 1\n")
@@ -41,6 +53,16 @@ func TestResolveAllPollsEveryReplica(t *testing.T) {
 	cfg := testConfig(proxyURL, "127.0.0.1")
 	cfg.proxyResolveAll = true
 	cfg.resolveInterval = 20 * time.Millisecond
+	wantAuth := ""
+	if withPassword {
+		passwordFile := filepath.Join(t.TempDir(), "password")
+		if err := os.WriteFile(passwordFile, []byte("secret\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg.security.proxyUsername = "node1"
+		cfg.security.proxyPasswordFile = passwordFile
+		wantAuth = "Basic " + base64.StdEncoding.EncodeToString([]byte("node1:secret"))
+	}
 	c, err := newClient(cfg, log.NewNopLogger(), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
@@ -66,6 +88,9 @@ func TestResolveAllPollsEveryReplica(t *testing.T) {
 		poll := replica.nextPoll(t)
 		if poll.body != "127.0.0.1" {
 			t.Errorf("replica %d polled as %q", i, poll.body)
+		}
+		if got := poll.header.Get("Authorization"); got != wantAuth {
+			t.Errorf("replica %d: Authorization %q, want %q", i, got, wantAuth)
 		}
 	}
 	// A scrape handed out by the second replica is pushed back to it.
