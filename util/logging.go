@@ -1,8 +1,10 @@
 package util
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
@@ -41,4 +43,10 @@ func NewLogger(w io.Writer, lvl, format string) (log.Logger, error) {
 	}
 	logger = level.NewFilter(logger, option)
 	return log.With(logger, "ts", log.DefaultTimestampUTC, "caller", log.DefaultCaller), nil
+}
+
+// OneLine flattens a multi-line error, such as a YAML error listing one
+// problem a line, so that it reads as one line in logs and flag errors.
+func OneLine(err error) error {
+	return errors.New(strings.Join(strings.Fields(err.Error()), " "))
 }

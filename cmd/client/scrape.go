@@ -117,10 +117,7 @@ func (c *client) targetRequest(ctx context.Context, req *http.Request) (*http.Re
 	if c.cfg.tokenPath != "" {
 		scheme = "https"
 	}
-	port := u.Port()
-	if port == "" {
-		port = map[string]string{"http": "80", "https": "443"}[scheme]
-	}
+	port := portOr(u.Port(), scheme)
 	if c.cfg.allowPort != "*" && port != c.cfg.allowPort {
 		return nil, fmt.Errorf("scrape refused: port %s is not allowed, only %s", port, c.cfg.allowPort)
 	}
@@ -159,10 +156,7 @@ func (c config) checkRedirect(req *http.Request, via []*http.Request) error {
 		return fmt.Errorf("stopped after %d redirects", len(via))
 	}
 	u := req.URL
-	port := u.Port()
-	if port == "" {
-		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
-	}
+	port := portOr(u.Port(), u.Scheme)
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https", c.tokenPath != "" && u.Scheme != "https":
 		return fmt.Errorf("redirect refused: scheme %q", u.Scheme)
@@ -177,7 +171,15 @@ func (c config) checkRedirect(req *http.Request, via []*http.Request) error {
 // sameHost compares host names as DNS does: case-insensitively, ignoring a
 // trailing dot.
 func sameHost(a, b string) bool {
-	return strings.EqualFold(strings.TrimSuffix(a, "."), strings.TrimSuffix(b, "."))
+	return normalizeHost(a) == normalizeHost(b)
+}
+
+// portOr returns port, or the default port of scheme when port is empty.
+func portOr(port, scheme string) string {
+	if port != "" {
+		return port
+	}
+	return map[string]string{"http": "80", "https": "443"}[scheme]
 }
 
 // push sends a target's answer to the proxy as the body of a /push: its

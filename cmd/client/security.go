@@ -12,6 +12,8 @@ import (
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
 	"github.com/prometheus/exporter-toolkit/web"
+
+	"github.com/rancher/pushprox/util"
 )
 
 // securityConfig holds the flags that lock a client down: credentials for
@@ -25,8 +27,8 @@ type securityConfig struct {
 	scrapeCertFile           string
 	scrapeKeyFile            string
 	scrapeInsecureSkipVerify bool
-	// scrapeTLSGiven records which --scrape.tls.* flags were given.
-	scrapeTLSGiven [4]bool
+	// scrapeTLSGiven records whether any --scrape.tls.* flag was given.
+	scrapeTLSGiven bool
 
 	scrapeAllow   allowList
 	webConfigFile string
@@ -39,13 +41,13 @@ func addSecurityFlags(app *kingpin.Application, s *securityConfig) {
 	app.Flag("proxy.password-file", "File holding the password for --proxy.username; read on each request, so a rotated password is used at once.").
 		ExistingFileVar(&s.proxyPasswordFile)
 	app.Flag("scrape.tls.cacert", "CA certificate file to verify HTTPS targets. Giving any --scrape.tls.* flag stops the --tls.* settings from applying to targets.").
-		IsSetByUser(&s.scrapeTLSGiven[0]).ExistingFileVar(&s.scrapeCAFile)
+		IsSetByUser(&s.scrapeTLSGiven).ExistingFileVar(&s.scrapeCAFile)
 	app.Flag("scrape.tls.cert", "Client certificate file presented to HTTPS targets.").
-		IsSetByUser(&s.scrapeTLSGiven[1]).ExistingFileVar(&s.scrapeCertFile)
+		IsSetByUser(&s.scrapeTLSGiven).ExistingFileVar(&s.scrapeCertFile)
 	app.Flag("scrape.tls.key", "Key file of --scrape.tls.cert.").
-		IsSetByUser(&s.scrapeTLSGiven[2]).ExistingFileVar(&s.scrapeKeyFile)
+		IsSetByUser(&s.scrapeTLSGiven).ExistingFileVar(&s.scrapeKeyFile)
 	app.Flag("scrape.tls.insecure-skip-verify", "Skip verification of HTTPS targets' certificates.").
-		IsSetByUser(&s.scrapeTLSGiven[3]).BoolVar(&s.scrapeInsecureSkipVerify)
+		IsSetByUser(&s.scrapeTLSGiven).BoolVar(&s.scrapeInsecureSkipVerify)
 	app.Flag("scrape.allow", "Target HOST:PORT/PATH the proxy may ask for, each part a glob (e.g. '*:9100/metrics'); repeatable. When given, every other target is refused.").
 		SetValue(&s.scrapeAllow)
 	app.Flag("web.config.file", "Exporter-toolkit web config file for TLS and basic auth on the metrics listener.").
@@ -56,12 +58,7 @@ func addSecurityFlags(app *kingpin.Application, s *securityConfig) {
 // Without any --scrape.tls.* flag they share the proxy's, as they always
 // did, so that existing deployments keep working.
 func (s securityConfig) separateScrapeTLS() bool {
-	for _, given := range s.scrapeTLSGiven {
-		if given {
-			return true
-		}
-	}
-	return false
+	return s.scrapeTLSGiven
 }
 
 // validateSecurity reports the first security setting that cannot work.
@@ -81,7 +78,7 @@ func (c config) validateSecurity() error {
 		return errors.New("--scrape.tls.cert and --scrape.tls.key must be given together")
 	}
 	if err := web.Validate(s.webConfigFile); err != nil {
-		return fmt.Errorf("--web.config.file: %s", strings.Join(strings.Fields(err.Error()), " "))
+		return fmt.Errorf("--web.config.file: %w", util.OneLine(err))
 	}
 	return nil
 }

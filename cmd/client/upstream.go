@@ -36,10 +36,7 @@ func (up *upstream) String() string {
 // resolved again every resolveInterval; loops for addresses that are gone
 // stop, and their scrapes in flight finish.
 func (c *client) resolveLoop(ctx context.Context, proxyURL *url.URL) {
-	port := proxyURL.Port()
-	if port == "" {
-		port = map[string]string{"http": "80", "https": "443"}[proxyURL.Scheme]
-	}
+	port := portOr(proxyURL.Port(), proxyURL.Scheme)
 	var loops sync.WaitGroup
 	running := map[string]context.CancelFunc{} // by address; owned by this goroutine
 	defer func() {

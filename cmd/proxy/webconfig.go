@@ -3,10 +3,8 @@ package main
 import (
 	"bytes"
 	"crypto/tls"
-	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 
 	"github.com/go-kit/log"
@@ -15,6 +13,8 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 	"go.yaml.in/yaml/v2"
 	"golang.org/x/time/rate"
+
+	"github.com/rancher/pushprox/util"
 )
 
 // webConfigFile is --web.config.file, in the exporter toolkit's format. It
@@ -76,7 +76,7 @@ func parseWebConfig(path string, raw []byte) (*webState, error) {
 	// password hashes; it reads the file itself, so its content may be newer
 	// than raw, which is then read again on the next request.
 	if err := web.Validate(path); err != nil {
-		return nil, oneLine(err)
+		return nil, util.OneLine(err)
 	}
 	// The toolkit's defaults, as its unexported getConfig sets them.
 	c := &web.Config{
@@ -84,7 +84,7 @@ func parseWebConfig(path string, raw []byte) (*webState, error) {
 		HTTPConfig: web.HTTPConfig{HTTP2: true},
 	}
 	if err := yaml.UnmarshalStrict(raw, c); err != nil {
-		return nil, oneLine(err)
+		return nil, util.OneLine(err)
 	}
 	c.TLSConfig.SetDirectory(filepath.Dir(path))
 	state := &webState{config: c}
@@ -135,10 +135,4 @@ func (f *webConfigFile) tlsConfig(*tls.ClientHelloInfo) (*tls.Config, error) {
 	}
 	cfg.NextProtos = []string{"http/1.1"}
 	return cfg, nil
-}
-
-// oneLine flattens a multi-line error (YAML errors list one problem a line)
-// so that it reads as one line in logs and flag errors.
-func oneLine(err error) error {
-	return fmt.Errorf("%s", strings.Join(strings.Fields(err.Error()), " "))
 }
