@@ -191,7 +191,14 @@ func (fp *fakeProxy) queueScrape(t *testing.T, target string, header http.Header
 // scrapeRequest serializes a scrape request as the proxy hands it out.
 func scrapeRequest(t testing.TB, target, id string, header http.Header) []byte {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, target, nil)
+	return proxiedRequest(t, http.MethodGet, target, nil, id, header)
+}
+
+// proxiedRequest is scrapeRequest with any method and body, as a proxy
+// could hand it out.
+func proxiedRequest(t testing.TB, method, target string, body io.Reader, id string, header http.Header) []byte {
+	t.Helper()
+	req, err := http.NewRequest(method, target, body)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -52,9 +51,8 @@ func TestTargetRedirectsStayWithinTheRules(t *testing.T) {
 	})
 	t.Run("to a path --scrape.allow does not list", func(t *testing.T) {
 		fp := startFakeProxy(t)
-		var target *httptest.Server
 		hits := make(chan string, 4)
-		target = startTarget(t, false, func(w http.ResponseWriter, r *http.Request) {
+		target := startTarget(t, false, func(w http.ResponseWriter, r *http.Request) {
 			hits <- r.URL.Path
 			if r.URL.Path == "/metrics" {
 				http.Redirect(w, r, "/admin", http.StatusFound)
@@ -215,18 +213,8 @@ func TestOnlyGETIsScraped(t *testing.T) {
 			target, requests := recordingTarget(t, false, http.StatusOK, "ok\n")
 			startClient(t, testConfig(fp.url(t), "127.0.0.1"))
 
-			req, err := http.NewRequest(method, target.URL+"/-/quit", strings.NewReader("x"))
-			if err != nil {
-				t.Fatal(err)
-			}
 			id := uuid.NewString()
-			req.Header.Set(util.HeaderID, id)
-			req.Header.Set(util.HeaderScrapeTimeoutSeconds, "10")
-			var buf bytes.Buffer
-			if err := req.WriteProxy(&buf); err != nil {
-				t.Fatal(err)
-			}
-			fp.answers <- pollAnswer{status: http.StatusOK, body: buf.Bytes()}
+			fp.answers <- pollAnswer{status: http.StatusOK, body: proxiedRequest(t, method, target.URL+"/-/quit", strings.NewReader("x"), id, nil)}
 			fp.expectPush(t, id, http.StatusInternalServerError, method)
 			neverContacted(t, requests)
 		})

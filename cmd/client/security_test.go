@@ -121,18 +121,8 @@ func startSecFakeProxy(t *testing.T) *secFakeProxy {
 // scrape hands the client a scrape of target and returns its Id.
 func (fp *secFakeProxy) scrape(t *testing.T, target string) string {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, target, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	id := uuid.NewString()
-	req.Header.Set(util.HeaderID, id)
-	req.Header.Set(util.HeaderScrapeTimeoutSeconds, "10")
-	var buf bytes.Buffer
-	if err := req.WriteProxy(&buf); err != nil {
-		t.Fatal(err)
-	}
-	fp.answers <- secAnswer{status: http.StatusOK, body: buf.Bytes()}
+	fp.answers <- secAnswer{status: http.StatusOK, body: scrapeRequest(t, target, id, nil)}
 	return id
 }
 

@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -183,13 +182,7 @@ func (sp *secProxy) pollScrape(t *testing.T, creds secCreds, fqdn string) *http.
 // status and reason of the push's answer.
 func (sp *secProxy) pushAnswer(t *testing.T, creds secCreds, id, body string) (int, string) {
 	t.Helper()
-	answer := textResponse(http.StatusOK, body)
-	answer.Header.Set(util.HeaderID, id)
-	var buf bytes.Buffer
-	if err := answer.Write(&buf); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := sp.request(t, context.Background(), creds, http.MethodPost, "/push", &buf)
+	resp, err := sp.request(t, context.Background(), creds, http.MethodPost, "/push", serializedAnswer(id, http.StatusOK, body))
 	if err != nil {
 		t.Fatalf("push: %v", err)
 	}
@@ -631,7 +624,7 @@ func TestLockedDownRoundTripThroughRealClient(t *testing.T) {
 				"--log.level=debug",
 			}, tc.args(sp)...)
 			client := testbin.Start(t, clientBinary, args...)
-			client.WaitForOutput(regexp.MustCompile(`msg=polling`))
+			client.WaitForOutput(clientPolling)
 			waitFor(t, "the client's poll to park", func() bool { return sp.coord.parkedCount() == 1 })
 
 			result := <-sp.goScrapeAs(t, url.UserPassword("prometheus", "scrape-secret"), targetURL,

@@ -857,13 +857,7 @@ func TestGarbagePushesAreRefused(t *testing.T) {
 			}
 		})
 	}
-	client := &fakeClient{tp: tp, fqdn: "node1", answer: func(*http.Request) *http.Response {
-		return textResponse(http.StatusOK, "still here\n")
-	}}
-	go client.serve(t, 1)
-	if r := scrapeThrough(context.Background(), tp.srv.URL, "http://node1:9100/metrics", "10"); r.status != http.StatusOK || r.body != "still here\n" {
-		t.Errorf("after garbage pushes: %d %q %v", r.status, r.body, r.err)
-	}
+	tp.expectStillServing(t, "garbage pushes")
 }
 
 // A pushed answer over --push.max-body-size is cut off: the client gets 413,
@@ -1072,7 +1066,10 @@ func TestTimeoutsEndToEndTellTheCauseApart(t *testing.T) {
 				client := &fakeClient{tp: tp, fqdn: "node1", answer: func(*http.Request) *http.Response {
 					return textResponse(http.StatusInternalServerError, "scraping target: connection refused\n")
 				}}
-				go client.serve(t, 1)
+				done := make(chan struct{})
+				go func() { defer close(done); client.serve(t, 1) }()
+				// Its push check reports before the test ends.
+				t.Cleanup(func() { await(t, "the client", done) })
 				tp.waitParked(t, 1)
 			},
 			code: http.StatusInternalServerError, text: "connection refused", outcome: outcomeTargetError,

@@ -78,15 +78,7 @@ func TestGracefulShutdown(t *testing.T) {
 		}
 		parked <- resp
 	}()
-	waitFor(t, "the poll to park", func() bool {
-		resp, err := http.Get(base + "/metrics")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		return strings.Contains(string(body), "pushprox_proxy_parked_polls 1")
-	})
+	waitParkedAt(t, base, 1)
 	stop()
 	resp := <-parked
 	if resp == nil {
@@ -111,10 +103,12 @@ func TestShutdownLetsHandedScrapesFinish(t *testing.T) {
 		tp.coord.shutdown()
 		return textResponse(http.StatusOK, "finished\n")
 	}}
-	go client.serve(t, 1)
+	done := make(chan struct{})
+	go func() { defer close(done); client.serve(t, 1) }()
 	tp.waitParked(t, 1)
 	resp := tp.scrape(t, "http://node1:9100/metrics", http.Header{util.HeaderScrapeTimeoutSeconds: {"30"}})
 	body, _ := io.ReadAll(resp.Body)
+	await(t, "the client", done)
 	if resp.StatusCode != http.StatusOK || string(body) != "finished\n" {
 		t.Errorf("got %s %q, want the pushed answer", resp.Status, body)
 	}

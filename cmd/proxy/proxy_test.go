@@ -97,13 +97,11 @@ func (tp *testProxy) poll(ctx context.Context, fqdn string, header http.Header) 
 // push sends body to /push and returns the status and answer text.
 func (tp *testProxy) push(t *testing.T, body io.Reader) (int, string) {
 	t.Helper()
-	resp, err := http.Post(tp.srv.URL+"/push", "", body)
+	code, text, err := pushTo(tp.srv.URL, body)
 	if err != nil {
 		t.Fatalf("push: %v", err)
 	}
-	defer resp.Body.Close()
-	text, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(text)
+	return code, text
 }
 
 // waitFor waits until cond holds, failing the test after a generous bound.
@@ -169,6 +167,21 @@ func (c *fakeClient) serve(t *testing.T, n int) {
 			t.Errorf("push answered %d: %s", code, text)
 		}
 	}
+}
+
+// expectStillServing checks that, whatever came before, the proxy hands a
+// scrape of node1 to a client and relays its answer.
+func (tp *testProxy) expectStillServing(t *testing.T, after string) {
+	t.Helper()
+	client := &fakeClient{tp: tp, fqdn: "node1", answer: func(*http.Request) *http.Response {
+		return textResponse(http.StatusOK, "still here\n")
+	}}
+	done := make(chan struct{})
+	go func() { defer close(done); client.serve(t, 1) }()
+	if r := scrapeThrough(context.Background(), tp.srv.URL, "http://node1:9100/metrics", "10"); r.err != nil || r.status != http.StatusOK || r.body != "still here\n" {
+		t.Errorf("after %s: %d %q %v", after, r.status, r.body, r.err)
+	}
+	await(t, "the client", done)
 }
 
 func textResponse(code int, body string) *http.Response {
@@ -352,14 +365,7 @@ func TestBadPushesAreRejectedAndProxyKeepsServing(t *testing.T) {
 			}
 		})
 	}
-	client := &fakeClient{tp: tp, fqdn: "node1", answer: func(*http.Request) *http.Response {
-		return textResponse(http.StatusOK, "still here\n")
-	}}
-	go client.serve(t, 1)
-	resp := tp.scrape(t, "http://node1:9100/metrics", nil)
-	if body, _ := io.ReadAll(resp.Body); resp.StatusCode != http.StatusOK || string(body) != "still here\n" {
-		t.Errorf("after bad pushes: %s %q", resp.Status, body)
-	}
+	tp.expectStillServing(t, "bad pushes")
 }
 
 func TestBadPollsAreRejected(t *testing.T) {
@@ -452,7 +458,16 @@ func TestClientsListsIdleConnectedClientsAndForgetsGoneOnes(t *testing.T) {
 	tp.waitParked(t, 2)
 	gone()
 	<-goneDone
-	waitFor(t, "the gone client's poll to end", func() bool { return tp.coord.parkedCount() == 1 })
+	// Unparking is not enough: the poll ends, and the client's last contact
+	// is noted, only when its handler releases it.
+	waitFor(t, "the gone client's poll to end", func() bool {
+		for _, client := range tp.coord.clientList() {
+			if client.FQDN == "gone.example" {
+				return client.Polls == 0
+			}
+		}
+		return false
+	})
 
 	clock.advance(2 * cfg.registrationTimeout)
 	tp.coord.collectGarbage(clock.Now())

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -42,16 +41,8 @@ func TestMain(m *testing.M) {
 func (tp *testProxy) startClient(t *testing.T, fqdn string, args ...string) *testbin.Process {
 	t.Helper()
 	before := tp.coord.parkedCount()
-	args = append([]string{
-		"--fqdn=" + fqdn,
-		"--proxy-url=" + tp.srv.URL,
-		"--metrics-addr=127.0.0.1:0",
-		"--proxy.retry.initial-wait=50ms",
-		"--proxy.retry.max-wait=200ms",
-		"--log.level=debug",
-	}, args...)
-	client := testbin.Start(t, clientBinary, args...)
-	client.WaitForOutput(regexp.MustCompile(`msg=polling`))
+	client := testbin.Start(t, clientBinary, clientArgs(fqdn, tp.srv.URL, args...)...)
+	client.WaitForOutput(clientPolling)
 	tp.waitParked(t, before+1)
 	return client
 }

@@ -108,6 +108,10 @@ func (p *Process) WaitForOutput(re *regexp.Regexp) []string {
 		select {
 		case <-wake:
 		case <-p.exited:
+			// The last lines may have come with the exit.
+			if match := re.FindStringSubmatch(p.Output()); match != nil {
+				return match
+			}
 			p.t.Fatalf("process exited (%v) before writing %q:\n%s", p.err, re, p.Output())
 		case <-timeout.C:
 			p.t.Fatalf("no output matching %q within %s:\n%s", re, waitLimit, p.Output())
