@@ -61,8 +61,13 @@ type secFakeProxy struct {
 
 func startSecFakeProxy(t *testing.T) *secFakeProxy {
 	t.Helper()
+	return startSecFakeProxyOfCA(t, testpki.NewCA(t, "proxy CA"))
+}
+
+// startSecFakeProxyOfCA is startSecFakeProxy with a certificate of ca.
+func startSecFakeProxyOfCA(t *testing.T, ca *testpki.CA) *secFakeProxy {
+	t.Helper()
 	dir := t.TempDir()
-	ca := testpki.NewCA(t, "proxy CA")
 	fp := &secFakeProxy{
 		ca:      ca,
 		caFile:  testpki.WriteFile(t, dir, "proxy-ca.crt", ca.PEM),
@@ -187,14 +192,14 @@ func secTarget(t *testing.T, ca *testpki.CA) (*httptest.Server, chan *x509.Certi
 }
 
 func TestTargetTLSIsSeparateFromProxyTLS(t *testing.T) {
-	fp := startSecFakeProxy(t)
+	proxyCA := testpki.NewCA(t, "proxy CA")
 	dir := t.TempDir()
-	proxyCertFile, proxyKeyFile := fp.ca.Client(t, "proxy-client").WriteFiles(t, dir, "proxy-client")
+	proxyCertFile, proxyKeyFile := proxyCA.Client(t, "proxy-client").WriteFiles(t, dir, "proxy-client")
 	targetCA := testpki.NewCA(t, "target CA")
 	targetCAFile := testpki.WriteFile(t, dir, "target-ca.crt", targetCA.PEM)
 	scrapeCertFile, scrapeKeyFile := targetCA.Client(t, "scrape-client").WriteFiles(t, dir, "scrape-client")
 	// Targets whose certificates come from the proxy's CA or their own.
-	proxyCATarget, proxyCATargetCerts := secTarget(t, fp.ca)
+	proxyCATarget, proxyCATargetCerts := secTarget(t, proxyCA)
 	ownCATarget, ownCATargetCerts := secTarget(t, targetCA)
 
 	for _, tc := range []struct {
@@ -213,6 +218,10 @@ func TestTargetTLSIsSeparateFromProxyTLS(t *testing.T) {
 		{name: "skip verification only for targets", args: []string{"--scrape.tls.insecure-skip-verify"}, target: ownCATarget, certs: ownCATargetCerts},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			// A proxy of its own: a poll of the previous subtest's client,
+			// which the fake proxy may not have seen end yet, must not take
+			// this scrape.
+			fp := startSecFakeProxyOfCA(t, proxyCA)
 			cfg := secParse(t, append([]string{"--fqdn=127.0.0.1", "--proxy-url=" + fp.url.String(),
 				"--tls.cacert=" + fp.caFile, "--tls.cert=" + proxyCertFile, "--tls.key=" + proxyKeyFile}, tc.args...)...)
 			startClient(t, cfg)
