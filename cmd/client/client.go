@@ -28,7 +28,7 @@ import (
 )
 
 // maxPollResponse bounds a poll answer, which holds one scrape request.
-const maxPollResponse = 1 << 20
+const maxPollResponse = util.MaxScrapeRequest
 
 // client polls proxies for scrapes of its FQDN, scrapes the target and
 // pushes the answers back.
@@ -270,23 +270,10 @@ func (c *client) poll(ctx context.Context, up *upstream) (*http.Request, error) 
 
 // parseScrapeRequest reads the scrape request in a poll answer.
 func parseScrapeRequest(body []byte) (*http.Request, error) {
-	req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(body)))
+	req, err := util.DecodeScrapeRequest(bufio.NewReader(bytes.NewReader(body)))
 	if err != nil {
-		return nil, fmt.Errorf("poll answer is not a scrape request: %w", err)
+		return nil, fmt.Errorf("poll answer: %w", err)
 	}
-	// A CONNECT request has a host but no scheme: it is no scrape either.
-	if !req.URL.IsAbs() || req.URL.Host == "" {
-		return nil, fmt.Errorf("poll answer is not a scrape request: %q is not an absolute URL", req.RequestURI)
-	}
-	if req.Header.Get(util.HeaderID) == "" {
-		return nil, fmt.Errorf("poll answer is not a scrape request: no %s header", util.HeaderID)
-	}
-	// The body, if any, is in memory already.
-	rest, err := io.ReadAll(req.Body)
-	if err != nil {
-		return nil, fmt.Errorf("poll answer has a broken body: %w", err)
-	}
-	req.Body = io.NopCloser(bytes.NewReader(rest))
 	return req, nil
 }
 

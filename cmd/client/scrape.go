@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -63,16 +62,7 @@ func (c *client) refuse(ctx context.Context, up *upstream, req *http.Request, re
 	id := req.Header.Get(util.HeaderID)
 	logger := log.With(c.logger, "scrape_id", id, "url", req.URL.Redacted())
 	level.Warn(logger).Log("msg", "scrape failed", "err", reason)
-	msg := reason.Error() + "\n"
-	resp := &http.Response{
-		StatusCode:    http.StatusInternalServerError,
-		ProtoMajor:    1,
-		ProtoMinor:    1,
-		Header:        http.Header{"Content-Type": {"text/plain; charset=utf-8"}},
-		Body:          io.NopCloser(strings.NewReader(msg)),
-		ContentLength: int64(len(msg)),
-	}
-	if err := c.push(ctx, up, id, resp); err != nil {
+	if err := c.push(ctx, up, id, util.ErrorAnswer(reason)); err != nil {
 		c.metrics.pushErrors.Inc()
 		level.Warn(logger).Log("msg", "push of scrape error failed", "err", err)
 	}
@@ -188,12 +178,6 @@ func portOr(port, scheme string) string {
 // a length, so does the push; otherwise the push is chunked and the answer's
 // body ends with it.
 func (c *client) push(ctx context.Context, up *upstream, id string, resp *http.Response) error {
-	header := resp.Header.Clone()
-	util.RemoveHopByHopHeaders(header)
-	header.Set(util.HeaderID, id)
-	if deadline, ok := ctx.Deadline(); ok {
-		header.Set(util.HeaderScrapeTimeout, util.FormatSeconds(max(time.Until(deadline), 0)))
-	}
 	length := resp.ContentLength
 	if resp.Body == nil || resp.Body == http.NoBody {
 		length = 0
@@ -201,11 +185,9 @@ func (c *client) push(ctx context.Context, up *upstream, id string, resp *http.R
 	// Without a length, the answer's body ends with the push body, as
 	// HTTP/1.1 allows; no Connection header is needed for that, and one
 	// would reach Prometheus through proxies that copy headers as they are.
-	header.Del("Content-Length")
-	if length >= 0 {
-		header.Set("Content-Length", strconv.FormatInt(length, 10))
-	}
-	head := responseHead(resp, header)
+	deadline, hasDeadline := ctx.Deadline()
+	header := util.AnswerHeader(resp.Header, id, time.Until(deadline), hasDeadline, length)
+	head := util.EncodeAnswerHead(resp.StatusCode, resp.Status, header)
 	var body io.Reader = bytes.NewReader(head)
 	if length != 0 {
 		body = io.MultiReader(body, resp.Body)
@@ -229,17 +211,4 @@ func (c *client) push(ctx context.Context, up *upstream, id string, resp *http.R
 		return fmt.Errorf("push answered %s: %s", res.Status, firstLine(reason))
 	}
 	return nil
-}
-
-// responseHead serializes the status line of resp and header as HTTP/1.1.
-func responseHead(resp *http.Response, header http.Header) []byte {
-	text := strings.TrimPrefix(resp.Status, strconv.Itoa(resp.StatusCode)+" ")
-	if text == "" {
-		text = http.StatusText(resp.StatusCode)
-	}
-	var head bytes.Buffer
-	fmt.Fprintf(&head, "HTTP/1.1 %03d %s\r\n", resp.StatusCode, text)
-	_ = header.Write(&head)
-	head.WriteString("\r\n")
-	return head.Bytes()
 }

@@ -1,0 +1,171 @@
+package util
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The wire format of a scrape, in one place. A scrape request travels from
+// the proxy to a client in HTTP/1.1 proxy form (absolute-form request line,
+// Prometheus' end-to-end headers, Id and the effective timeout); the
+// client's answer travels back as an HTTP/1.1 response whose headers carry
+// the same Id and the seconds left of the timeout. Long polls carry them as
+// the bodies of a /poll answer and a /push; a tunnel carries them as the
+// two directions of one stream.
+
+const (
+	// MaxScrapeRequest bounds an encoded scrape request: a poll answer
+	// holds exactly one.
+	MaxScrapeRequest = 1 << 20
+	// MaxScrapeRequestBody bounds the body of a proxied request; scrapes
+	// are GETs and carry none.
+	MaxScrapeRequestBody = MaxScrapeRequest / 2
+	// MaxAnswerHead bounds the status line and headers of an answer.
+	MaxAnswerHead = 1 << 20
+)
+
+// EncodeScrapeRequest serializes the request a client will make for r:
+// Prometheus' request in proxy form without hop-by-hop and internal
+// headers, tagged with the scrape's id and effective timeout. The body of
+// r, if any, is read whole; it may be at most MaxScrapeRequestBody bytes
+// (an *http.MaxBytesError says so).
+func EncodeScrapeRequest(r *http.Request, id string, timeout time.Duration) ([]byte, error) {
+	out := r.Clone(r.Context())
+	RemoveHopByHopHeaders(out.Header)
+	RemoveInternalHeaders(out.Header)
+	out.Header.Set(HeaderID, id)
+	out.Header.Set(HeaderScrapeTimeoutSeconds, FormatSeconds(timeout))
+	out.TransferEncoding = nil
+	out.Close = false
+	out.Body = nil
+	out.ContentLength = 0
+	if r.Body != nil && r.Body != http.NoBody {
+		body, err := io.ReadAll(io.LimitReader(r.Body, MaxScrapeRequestBody+1))
+		if err != nil {
+			return nil, err
+		}
+		if len(body) > MaxScrapeRequestBody {
+			return nil, &http.MaxBytesError{Limit: MaxScrapeRequestBody}
+		}
+		if len(body) > 0 {
+			out.Body = io.NopCloser(bytes.NewReader(body))
+			out.ContentLength = int64(len(body))
+		}
+	}
+	var buf bytes.Buffer
+	if err := out.WriteProxy(&buf); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// DecodeScrapeRequest reads one scrape request from r, as encoded by
+// EncodeScrapeRequest: an absolute URL (a CONNECT request has a host but no
+// scheme and is refused) and an Id. Its body, if any, is read into memory.
+func DecodeScrapeRequest(r *bufio.Reader) (*http.Request, error) {
+	req, err := http.ReadRequest(r)
+	if err != nil {
+		return nil, fmt.Errorf("not a scrape request: %w", err)
+	}
+	if !req.URL.IsAbs() || req.URL.Host == "" {
+		return nil, fmt.Errorf("not a scrape request: %q is not an absolute URL", req.RequestURI)
+	}
+	if req.Header.Get(HeaderID) == "" {
+		return nil, fmt.Errorf("not a scrape request: no %s header", HeaderID)
+	}
+	rest, err := io.ReadAll(io.LimitReader(req.Body, MaxScrapeRequestBody+1))
+	if err != nil {
+		return nil, fmt.Errorf("scrape request has a broken body: %w", err)
+	}
+	if len(rest) > MaxScrapeRequestBody {
+		return nil, fmt.Errorf("scrape request body larger than %d bytes", MaxScrapeRequestBody)
+	}
+	req.Body = io.NopCloser(bytes.NewReader(rest))
+	return req, nil
+}
+
+// AnswerHeader returns the header an answer to scrape id carries back: the
+// target's header without hop-by-hop headers, with the Id, the seconds left
+// of the timeout when there is a deadline, and the body's length when it is
+// known (length >= 0). Without a length, the answer's body ends where its
+// carrier's body ends.
+func AnswerHeader(target http.Header, id string, left time.Duration, hasDeadline bool, length int64) http.Header {
+	header := target.Clone()
+	if header == nil {
+		header = http.Header{}
+	}
+	RemoveHopByHopHeaders(header)
+	header.Set(HeaderID, id)
+	if hasDeadline {
+		header.Set(HeaderScrapeTimeout, FormatSeconds(max(left, 0)))
+	}
+	header.Del("Content-Length")
+	if length >= 0 {
+		header.Set("Content-Length", strconv.FormatInt(length, 10))
+	}
+	return header
+}
+
+// EncodeAnswerHead serializes the status line of an answer with the given
+// status (as in http.Response.Status, or empty) and header as HTTP/1.1. The
+// body follows it as it is.
+func EncodeAnswerHead(code int, status string, header http.Header) []byte {
+	text := strings.TrimPrefix(status, strconv.Itoa(code)+" ")
+	if text == "" {
+		text = http.StatusText(code)
+	}
+	var head bytes.Buffer
+	fmt.Fprintf(&head, "HTTP/1.1 %03d %s\r\n", code, text)
+	_ = header.Write(&head)
+	head.WriteString("\r\n")
+	return head.Bytes()
+}
+
+// DecodeAnswer reads an answer from r: its head, at most MaxAnswerHead
+// bytes, and a final status; the body is left unread on the returned
+// response. A length-less body ends where r ends.
+func DecodeAnswer(r io.Reader) (*http.Response, error) {
+	limited := &io.LimitedReader{R: r, N: MaxAnswerHead}
+	resp, err := http.ReadResponse(bufio.NewReader(limited), nil)
+	if err != nil {
+		if limited.N <= 0 {
+			return nil, fmt.Errorf("answer head larger than %d bytes", MaxAnswerHead)
+		}
+		return nil, fmt.Errorf("not an HTTP response: %w", err)
+	}
+	// The head was read under its own limit; the body is bounded by the
+	// caller's reader.
+	limited.N = math.MaxInt64
+	// Only a final status can be relayed: net/http panics below 100, and a
+	// 1xx would reach Prometheus as an empty 200.
+	if resp.StatusCode < 200 {
+		resp.Body.Close()
+		return nil, fmt.Errorf("answer has status %03d, not a final status", resp.StatusCode)
+	}
+	if resp.Header.Get(HeaderID) == "" {
+		resp.Body.Close()
+		return nil, fmt.Errorf("answer has no %s header", HeaderID)
+	}
+	return resp, nil
+}
+
+// ErrorAnswer is the answer a client gives for a scrape it could not make:
+// a 500 whose body is the reason, so that Prometheus sees it at once.
+func ErrorAnswer(reason error) *http.Response {
+	msg := reason.Error() + "\n"
+	return &http.Response{
+		StatusCode:    http.StatusInternalServerError,
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        http.Header{"Content-Type": {"text/plain; charset=utf-8"}},
+		Body:          io.NopCloser(strings.NewReader(msg)),
+		ContentLength: int64(len(msg)),
+	}
+}
