@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/rancher/pushprox/internal/rendezvous"
 	"github.com/rancher/pushprox/internal/testbin"
 	"github.com/rancher/pushprox/internal/testpki"
 	"github.com/rancher/pushprox/util"
@@ -102,7 +103,7 @@ func startSecProxy(t *testing.T, bindFQDNToCert bool, webConfig string) *secProx
 	served := make(chan error, 1)
 	go func() { served <- sec.serve(srv, ln) }()
 	t.Cleanup(func() {
-		p.coord.shutdown()
+		p.hub.Shutdown()
 		srv.Close()
 		<-served
 		p.close()
@@ -226,14 +227,8 @@ func (sp *secProxy) goScrapeAs(t *testing.T, user *url.Userinfo, target string, 
 
 // busy reports the scrapes queued or in flight and the clients known.
 func (sp *secProxy) busy() (scrapes, clients int) {
-	c := sp.coord
-	c.mu.Lock()
-	for _, queued := range c.queued {
-		scrapes += len(queued)
-	}
-	scrapes += len(c.inflight)
-	c.mu.Unlock()
-	return scrapes, len(c.clientList())
+	st := sp.hub.Stats()
+	return st.Queued + st.Inflight, st.Clients
 }
 
 func TestWrongOrMissingCredentialsAreRefusedAndNothingHappens(t *testing.T) {
@@ -395,10 +390,10 @@ func TestCertificateBindsPollsToItsNames(t *testing.T) {
 			}()
 			if tc.reason == "" {
 				// Accepted: the poll parks. Ending it unparks it.
-				waitFor(t, "the poll to park", func() bool { return sp.coord.parkedCount() == 1 })
+				waitFor(t, "the poll to park", func() bool { return sp.hub.Stats().Parked == 1 })
 				cancel()
 				<-answered
-				waitFor(t, "the poll to unpark", func() bool { return sp.coord.parkedCount() == 0 })
+				waitFor(t, "the poll to unpark", func() bool { return sp.hub.Stats().Parked == 0 })
 				return
 			}
 			resp := <-answered
@@ -410,7 +405,7 @@ func TestCertificateBindsPollsToItsNames(t *testing.T) {
 			if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), tc.reason) {
 				t.Errorf("poll answered %s %q, want 403 saying %q", resp.Status, body, tc.reason)
 			}
-			if sp.coord.known(strings.TrimSpace(tc.fqdn)) {
+			if sp.hub.Known(strings.TrimSpace(tc.fqdn)) {
 				t.Errorf("refused poll registered %s", tc.fqdn)
 			}
 		})
@@ -439,7 +434,7 @@ func TestPushForAScrapeHandedToAnotherClientIsForbidden(t *testing.T) {
 					http.Header{util.HeaderScrapeTimeoutSeconds: {"30"}})
 				id := sp.pollScrape(t, tc.poller, "node1").Header.Get(util.HeaderID)
 				code, reason := sp.pushAnswer(t, tc.intruder, id, "injected 1\n")
-				if code != http.StatusForbidden || !strings.Contains(reason, errWrongClient.Error()) {
+				if code != http.StatusForbidden || !strings.Contains(reason, rendezvous.ErrWrongClient.Error()) {
 					t.Errorf("intruder's push answered %d %q, want 403", code, reason)
 				}
 				// The scrape is still its poller's to answer.
@@ -625,7 +620,7 @@ func TestLockedDownRoundTripThroughRealClient(t *testing.T) {
 			}, tc.args(sp)...)
 			client := testbin.Start(t, clientBinary, args...)
 			client.WaitForOutput(clientPolling)
-			waitFor(t, "the client's poll to park", func() bool { return sp.coord.parkedCount() == 1 })
+			waitFor(t, "the client's poll to park", func() bool { return sp.hub.Stats().Parked == 1 })
 
 			result := <-sp.goScrapeAs(t, url.UserPassword("prometheus", "scrape-secret"), targetURL,
 				http.Header{util.HeaderScrapeTimeoutSeconds: {"30"}})
