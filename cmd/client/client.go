@@ -133,7 +133,7 @@ func (c *client) Run(ctx context.Context) {
 				c.resolveLoop(ctx, proxyURL)
 				return
 			}
-			c.pollLoop(ctx, &upstream{url: proxyURL, http: c.proxyClient})
+			c.serveUpstream(ctx, &upstream{url: proxyURL, http: c.proxyClient})
 		}()
 	}
 	loops.Wait()

@@ -75,7 +75,7 @@ func (c *client) resolveLoop(ctx context.Context, proxyURL *url.URL) {
 				go func() {
 					defer loops.Done()
 					defer up.http.CloseIdleConnections()
-					c.pollLoop(loopCtx, up)
+					c.serveUpstream(loopCtx, up)
 				}()
 			}
 		}

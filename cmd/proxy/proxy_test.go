@@ -37,6 +37,7 @@ func defaultConfig() config {
 		maxClients:          1000,
 		maxPushBytes:        64 << 20,
 		shutdownTimeout:     5 * time.Second,
+		tunnelPingInterval:  15 * time.Second,
 	}
 }
 

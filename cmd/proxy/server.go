@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/go-kit/log"
+	"github.com/hashicorp/yamux"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -21,6 +22,7 @@ type proxy struct {
 	hub     *rendezvous.Hub
 	metrics *metrics
 	mux     *http.ServeMux
+	tunnels tunnels
 	// buffers recycles relay copy buffers, so that many scrapes at once
 	// do not each allocate one.
 	buffers sync.Pool
@@ -37,9 +39,11 @@ func newProxy(cfg config, logger log.Logger, reg prometheus.Registerer, gatherer
 		}, logger, reg),
 		metrics: newMetrics(reg),
 		mux:     http.NewServeMux(),
+		tunnels: tunnels{open: map[*yamux.Session]struct{}{}},
 	}
 	p.mux.Handle("POST /poll", p.metrics.instrument("/poll", p.handlePoll))
 	p.mux.Handle("POST /push", p.metrics.instrument("/push", p.handlePush))
+	p.mux.HandleFunc("GET /tunnel", p.handleTunnel)
 	p.mux.Handle("GET /clients", p.metrics.instrument("/clients", p.handleClients))
 	p.mux.Handle("GET /metrics", p.metrics.instrument("/metrics",
 		promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}).ServeHTTP))
@@ -66,7 +70,10 @@ func (p *proxy) shutdown(ctx context.Context) error {
 	return p.hub.Drain(ctx)
 }
 
-// close stops the proxy's background work.
+// close closes the tunnels and stops the proxy's background work. Call it
+// once the HTTP server has stopped, so that scrapes relayed from tunnels
+// have been answered.
 func (p *proxy) close() {
+	p.tunnels.closeAll()
 	p.hub.Close()
 }
