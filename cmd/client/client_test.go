@@ -113,6 +113,9 @@ func startFakeProxyOn(t *testing.T, ln net.Listener) *fakeProxy {
 			fp.handlePoll(w, r)
 		case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/push"):
 			fp.handlePush(t, w, r)
+		case r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/tunnel"):
+			// As the reference proxy: no tunnels, so the client polls.
+			http.NotFound(w, r)
 		default:
 			t.Errorf("fake proxy: unexpected %s %s", r.Method, r.URL)
 			http.NotFound(w, r)
@@ -276,6 +279,8 @@ func testConfig(proxy *url.URL, fqdn string) config {
 		retryMaxWait:         50 * time.Millisecond,
 		pollWait:             30 * time.Second,
 		maxConcurrentScrapes: 16,
+		transport:            transportAuto,
+		tunnelPingInterval:   15 * time.Second,
 		logLevel:             "info",
 		logFormat:            "logfmt",
 	}
