@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"reflect"
@@ -242,8 +243,14 @@ func TestRancherMonitoringValuesRenderTheRancherDeployment(t *testing.T) {
 			if spec == nil {
 				t.Fatalf("no %s among %v", tc.workload, objs.names())
 			}
-			if d, ok := objs.find("Deployment", clientName).(*appsv1.Deployment); ok && (d.Spec.Replicas == nil || *d.Spec.Replicas != tc.replicas) {
-				t.Errorf("client Deployment replicas = %v, want %d", d.Spec.Replicas, tc.replicas)
+			if d, ok := objs.find("Deployment", clientName).(*appsv1.Deployment); ok {
+				if d.Spec.Replicas == nil || *d.Spec.Replicas != tc.replicas {
+					t.Errorf("client Deployment replicas = %v, want %d", d.Spec.Replicas, tc.replicas)
+				}
+				// A surge pod would need the host port its predecessor holds.
+				if r := d.Spec.Strategy.RollingUpdate; r == nil || r.MaxSurge.IntValue() != 0 || r.MaxUnavailable.IntValue() != 1 {
+					t.Errorf("client Deployment strategy %+v surges", d.Spec.Strategy)
+				}
 			}
 			if !spec.HostNetwork || spec.DNSPolicy != corev1.DNSClusterFirstWithHostNet || spec.ServiceAccountName != clientName {
 				t.Errorf("clients: hostNetwork %v, dnsPolicy %s, service account %s", spec.HostNetwork, spec.DNSPolicy, spec.ServiceAccountName)
@@ -657,4 +664,72 @@ func probesAnswer(c corev1.Container, startLine string) error {
 		}
 	}
 	return nil
+}
+
+func TestTheCopyCertsScriptPicksTheNodesCertificateAndKey(t *testing.T) {
+	spec := render(t, []string{"ci/rke-etcd-values.yaml"}).podSpecs()["DaemonSet/pushprox-kube-etcd-client"]
+	init := spec.InitContainers[0]
+	if len(init.Command) != 3 || init.Command[0] != "sh" || init.Command[1] != "-c" {
+		t.Fatalf("copy-certs runs %q", init.Command)
+	}
+	for _, tc := range []struct {
+		name    string
+		files   []string // under the host directory
+		wantErr string
+	}{
+		{
+			name:  "the last certificate in sort order is copied with its own key, never a key in its place",
+			files: []string{"kube-etcd-10-0-0-1.pem", "kube-etcd-10-0-0-1-key.pem", "kube-etcd-10-0-0-2.pem", "kube-etcd-10-0-0-2-key.pem", "kube-ca.pem", "kube-apiserver.pem"},
+		},
+		{
+			name:    "a missing CA stops the pod with its name",
+			files:   []string{"kube-etcd-10-0-0-1.pem", "kube-etcd-10-0-0-1-key.pem"},
+			wantErr: "no file named kube-ca.pem in /etc/kubernetes/ssl",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			source, target := t.TempDir(), t.TempDir()
+			for _, name := range tc.files {
+				write(t, filepath.Join(source, "ssl", name), []byte(name))
+			}
+			// The script's two mounts become folders of this test.
+			script := strings.NewReplacer("/etc/source", source, "/etc/ssl/push-proxy", target).Replace(init.Command[2])
+			cmd := exec.Command("sh", "-c", script)
+			for _, e := range init.Env {
+				cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
+			}
+			cmd.Env = append(cmd.Env, "PATH="+os.Getenv("PATH"))
+			out, err := cmd.CombinedOutput()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(string(out), tc.wantErr) {
+					t.Fatalf("got %v: %s, want a failure saying %q", err, out, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			for copied, want := range map[string]struct {
+				from string
+				mode os.FileMode
+			}{
+				"push-proxy.pem":         {"kube-etcd-10-0-0-2.pem", 0o444},
+				"push-proxy-key.pem":     {"kube-etcd-10-0-0-2-key.pem", 0o440},
+				"push-proxy-ca-cert.pem": {"kube-ca.pem", 0o444},
+			} {
+				name := filepath.Join(target, copied)
+				content, err := os.ReadFile(name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				info, err := os.Stat(name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if string(content) != want.from || info.Mode().Perm() != want.mode {
+					t.Errorf("%s holds %s with mode %v, want %s with %v", copied, content, info.Mode().Perm(), want.from, want.mode)
+				}
+			}
+		})
+	}
 }
