@@ -169,6 +169,9 @@ func (c *client) pollLoop(ctx context.Context, up *upstream) {
 			}
 			setConnected(false)
 			c.metrics.pollErrors.Inc()
+			if errors.Is(err, errPollCut) {
+				c.metrics.pollCuts.Inc()
+			}
 			wait := retry.NextBackOff()
 			level.Warn(logger).Log("msg", "poll failed, retrying", "wait", wait, "err", err)
 			if !sleep(ctx, wait) {
@@ -191,7 +194,9 @@ func (c *client) pollLoop(ctx context.Context, up *upstream) {
 		select {
 		case c.slots <- struct{}{}:
 		case <-ctx.Done():
+			start := time.Now()
 			c.refuse(context.WithoutCancel(ctx), up, req, errors.New("client is shutting down"))
+			observeSince(c.metrics.scrapeDuration, start)
 			return
 		}
 		c.scrapes.Add(1)
@@ -260,12 +265,25 @@ func (c *client) poll(ctx context.Context, up *upstream) (*http.Request, error) 
 	switch {
 	case resp.StatusCode == http.StatusNoContent:
 		return nil, nil
+	case isGatewayCut(resp.StatusCode):
+		return nil, fmt.Errorf("%w: poll answered %s: %s", errPollCut, resp.Status, firstLine(body))
 	case resp.StatusCode != http.StatusOK:
 		return nil, fmt.Errorf("poll answered %s: %s", resp.Status, firstLine(body))
 	case len(body) > maxPollResponse:
 		return nil, fmt.Errorf("poll answer larger than %d bytes", maxPollResponse)
 	}
 	return parseScrapeRequest(body)
+}
+
+// errPollCut marks a poll that something between client and proxy ended.
+var errPollCut = errors.New("poll cut")
+
+// isGatewayCut reports whether a poll's status is what load balancers and
+// reverse proxies answer when they cut a request or lose the upstream:
+// 502, 503 or 504. The proxy itself answers 503 only to a poll it believes
+// gone, or when it shuts down.
+func isGatewayCut(code int) bool {
+	return code == http.StatusBadGateway || code == http.StatusServiceUnavailable || code == http.StatusGatewayTimeout
 }
 
 // parseScrapeRequest reads the scrape request in a poll answer.

@@ -291,10 +291,17 @@ type runningClient struct {
 // startClient runs a client until the test ends.
 func startClient(t *testing.T, cfg config) *runningClient {
 	t.Helper()
+	return startClientWithRegistry(t, cfg, prometheus.NewRegistry())
+}
+
+// startClientWithRegistry runs a client whose metrics are in reg until the
+// test ends.
+func startClientWithRegistry(t *testing.T, cfg config, reg *prometheus.Registry) *runningClient {
+	t.Helper()
 	if err := cfg.validate(); err != nil {
 		t.Fatalf("invalid test config: %v", err)
 	}
-	c, err := newClient(cfg, log.NewNopLogger(), prometheus.NewRegistry())
+	c, err := newClient(cfg, log.NewNopLogger(), reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -822,10 +829,13 @@ func TestPollAnswersThatAreNotScrapes(t *testing.T) {
 		status int
 		header http.Header
 		body   string
+		cut    bool // counted as a poll cut by something in between
 	}{
 		{name: "408", status: http.StatusRequestTimeout, body: "poll given up\n"},
-		{name: "503", status: http.StatusServiceUnavailable, body: "shutting down\n"},
-		{name: "502 HTML page", status: http.StatusBadGateway, header: http.Header{"Content-Type": {"text/html"}}, body: html},
+		{name: "503", status: http.StatusServiceUnavailable, body: "shutting down\n", cut: true},
+		{name: "502 HTML page", status: http.StatusBadGateway, header: http.Header{"Content-Type": {"text/html"}}, body: html, cut: true},
+		{name: "504", status: http.StatusGatewayTimeout, body: "upstream timed out\n", cut: true},
+		{name: "500", status: http.StatusInternalServerError, body: "oops\n"},
 		{name: "200 HTML page", status: http.StatusOK, header: http.Header{"Content-Type": {"text/html"}}, body: html},
 		{name: "200 garbage", status: http.StatusOK, body: "\x00\x01garbage\r\n\r\n"},
 		{name: "200 empty", status: http.StatusOK},
@@ -849,11 +859,60 @@ func TestPollAnswersThatAreNotScrapes(t *testing.T) {
 			if got := testutil.ToFloat64(c.metrics.pollErrors); got != 1 {
 				t.Errorf("poll errors = %v, want 1", got)
 			}
+			wantCuts := 0.0
+			if tc.cut {
+				wantCuts = 1
+			}
+			if got := testutil.ToFloat64(c.metrics.pollCuts); got != wantCuts {
+				t.Errorf("poll cuts = %v, want %v", got, wantCuts)
+			}
 			if got := testutil.ToFloat64(c.metrics.scrapeErrors); got != 0 {
 				t.Errorf("scrape errors = %v, want 0", got)
 			}
 		})
 	}
+}
+
+// Every scrape taken is timed to the end of its push, failed ones too, and
+// the transport in use is exported with both label values.
+func TestScrapeDurationAndTransportMetrics(t *testing.T) {
+	fp := startFakeProxy(t)
+	target, requests := recordingTarget(t, false, http.StatusOK, "up 1\n")
+	reg := prometheus.NewRegistry()
+	c := startClientWithRegistry(t, testConfig(fp.url(t), "127.0.0.1"), reg)
+
+	id := fp.queueScrape(t, "http://127.0.0.1:"+port(t, target)+"/metrics", nil)
+	fp.expectPush(t, id, http.StatusOK, "up 1\n")
+	received(t, requests)
+	id = fp.queueScrape(t, "http://other.example:"+port(t, target)+"/metrics", nil)
+	fp.expectPush(t, id, http.StatusInternalServerError, "not this client's FQDN")
+	c.stop(t)
+
+	if got := testutil.CollectAndCount(c.metrics.scrapeDuration); got != 1 {
+		t.Fatalf("%d scrape duration series, want 1", got)
+	}
+	want := `
+# HELP pushprox_client_transport 1 for the transport the client reaches its proxies with now, 0 for the others.
+# TYPE pushprox_client_transport gauge
+pushprox_client_transport{transport="poll"} 1
+pushprox_client_transport{transport="tunnel"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "pushprox_client_transport"); err != nil {
+		t.Error(err)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == "pushprox_client_scrape_duration_seconds" {
+			if n := f.GetMetric()[0].GetHistogram().GetSampleCount(); n != 2 {
+				t.Errorf("%d scrapes timed, want 2 (one delivered, one refused)", n)
+			}
+			return
+		}
+	}
+	t.Error("pushprox_client_scrape_duration_seconds missing")
 }
 
 func TestPollRequests(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rancher/pushprox/util"
 )
@@ -22,6 +23,7 @@ import (
 // the target within the forwarded timeout and pushes the answer, or the
 // reason it could not, back to the proxy.
 func (c *client) doScrape(ctx context.Context, up *upstream, req *http.Request) {
+	defer observeSince(c.metrics.scrapeDuration, time.Now())
 	id := req.Header.Get(util.HeaderID)
 	logger := log.With(c.logger, "scrape_id", id, "url", req.URL.Redacted())
 	timeout, err := util.HeaderTimeout(req.Header, util.HeaderScrapeTimeoutSeconds)
@@ -46,6 +48,12 @@ func (c *client) doScrape(ctx context.Context, up *upstream, req *http.Request) 
 		return
 	}
 	level.Debug(logger).Log("msg", "scraped", "status", resp.StatusCode, "duration", time.Since(start))
+}
+
+// observeSince records the time since start; deferred, it times the whole
+// of a scrape, whichever way it ends.
+func observeSince(o prometheus.Observer, start time.Time) {
+	o.Observe(time.Since(start).Seconds())
 }
 
 // refuseTimeout bounds the push of a scrape error. Its callers' contexts

@@ -24,6 +24,20 @@ const maxRememberedIDs = 10000
 // and its service discovery without end.
 const maxRegistrationsPerFQDN = 64
 
+// maxClientSeries bounds the FQDNs that get per-client series
+// (pushprox_proxy_client_connected and _last_seen_timestamp_seconds), so that
+// a proxy with a huge fleet, or one flooded with made-up names, does not
+// flood Prometheus. The FQDNs past the bound, in sort order, are omitted.
+const maxClientSeries = 10000
+
+// transportPoll names the long-poll transport in metrics. This proxy has no
+// other; the tunnel transport's series are exported as zero so that
+// dashboards and alerts see both label values.
+const (
+	transportPoll   = "poll"
+	transportTunnel = "tunnel"
+)
+
 // rememberIDsFor is how long an abandoned scrape ID is remembered.
 const rememberIDsFor = 10 * time.Minute
 
@@ -125,6 +139,9 @@ type coordinator struct {
 	clients map[string]map[string]*clientInfo
 	// registrations counts the entries of clients; guarded by mu.
 	registrations int
+	// connects counts the registrations ever created, the poll transport's
+	// connections established; guarded by mu.
+	connects int64
 	// closing is set when shutdown begins; guarded by mu.
 	closing bool
 	// drained is closed when closing and inflight is empty; guarded by mu.
@@ -190,6 +207,7 @@ func (c *coordinator) park(p *poll) (*scrape, error) {
 			return nil, errTooManyClients
 		}
 		c.registrations++
+		c.connects++
 		info = &clientInfo{fqdn: p.fqdn, labels: p.labels}
 		registrations[key] = info
 		level.Info(c.logger).Log("msg", "client registered", "fqdn", p.fqdn, "labels", util.EncodeLabels(p.labels))
@@ -355,6 +373,75 @@ func (c *coordinator) clientCount() int {
 		}
 	}
 	return n
+}
+
+// connectedCount returns the number of client registrations with a poll
+// parked or being answered.
+func (c *coordinator) connectedCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, registrations := range c.clients {
+		for _, info := range registrations {
+			if info.polls > 0 {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// connectCount returns the number of registrations created since start.
+func (c *coordinator) connectCount() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.connects
+}
+
+// fqdnStatus is what the per-client metrics tell of one FQDN: all the
+// registrations (label sets) of that FQDN taken together.
+type fqdnStatus struct {
+	fqdn      string
+	connected bool      // a registration of it has a poll parked or being answered
+	lastSeen  time.Time // its latest contact; now while connected
+}
+
+// fqdnStatuses returns the known FQDNs, sorted, at most limit of them.
+func (c *coordinator) fqdnStatuses(limit int) []fqdnStatus {
+	c.mu.Lock()
+	now := c.now()
+	list := make([]fqdnStatus, 0, len(c.clients))
+	for fqdn, registrations := range c.clients {
+		st := fqdnStatus{fqdn: fqdn}
+		known := false
+		for _, info := range registrations {
+			if !c.aliveLocked(info, now) {
+				continue
+			}
+			known = true
+			if info.polls > 0 {
+				st.connected = true
+			}
+			if info.lastSeen.After(st.lastSeen) {
+				st.lastSeen = info.lastSeen
+			}
+		}
+		if !known {
+			continue
+		}
+		if st.connected {
+			st.lastSeen = now
+		}
+		list = append(list, st)
+	}
+	c.mu.Unlock()
+	// Sorting outside the lock: with a large fleet it takes a while, and
+	// polls must not wait for a metrics scrape.
+	sort.Slice(list, func(i, j int) bool { return list[i].fqdn < list[j].fqdn })
+	if len(list) > limit {
+		list = list[:limit]
+	}
+	return list
 }
 
 // recordOutcome notes how a scrape ended, for the landing page: on the

@@ -137,6 +137,8 @@ func (p *proxy) handlePoll(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err := p.deliver(w, r, s); err != nil {
+		// The poll's connection ended before it could be answered.
+		p.metrics.pollsCut.Inc()
 		level.Debug(p.logger).Log("msg", "poll gone before its scrape was delivered, scrape requeued", "fqdn", fqdn, "scrape_id", s.id, "err", err)
 		p.coord.requeue(s)
 		return
@@ -159,7 +161,9 @@ func (p *proxy) waitForScrape(w http.ResponseWriter, r *http.Request, pl *poll) 
 	case s := <-pl.handed:
 		return s
 	case <-r.Context().Done():
-		// The client is gone; a scrape handed meanwhile goes to another poll.
+		// The client is gone, or something in between cut the poll; a
+		// scrape handed meanwhile goes to another poll.
+		p.metrics.pollsCut.Inc()
 		if s := p.coord.unpark(pl); s != nil {
 			p.coord.requeue(s)
 		}

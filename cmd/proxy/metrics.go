@@ -2,6 +2,7 @@ package main
 
 import (
 	"net/http"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -29,6 +30,7 @@ type metrics struct {
 	scrapeWait     prometheus.Observer
 	scrapeClient   prometheus.Observer
 	proxiedBytes   prometheus.Counter
+	pollsCut       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, coord *coordinator) *metrics {
@@ -41,6 +43,35 @@ func newMetrics(reg prometheus.Registerer, coord *coordinator) *metrics {
 		Name: "pushprox_proxy_parked_polls",
 		Help: "Number of client polls parked, waiting for a scrape.",
 	}, func() float64 { return float64(coord.parkedCount()) })
+	// Both transports' series always exist, so that a query or alert on
+	// one of them never sees "no data" where zero is meant. This proxy
+	// only has polls.
+	connected := map[string]func() float64{
+		transportPoll:   func() float64 { return float64(coord.connectedCount()) },
+		transportTunnel: func() float64 { return 0 },
+	}
+	connects := map[string]func() float64{
+		transportPoll:   func() float64 { return float64(coord.connectCount()) },
+		transportTunnel: func() float64 { return 0 },
+	}
+	for _, transport := range []string{transportPoll, transportTunnel} {
+		labels := prometheus.Labels{"transport": transport}
+		factory.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "pushprox_proxy_clients_connected",
+			Help:        "Client registrations with a live connection now (a poll parked or being answered, or an open tunnel), by transport.",
+			ConstLabels: labels,
+		}, connected[transport])
+		factory.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "pushprox_proxy_client_connects_total",
+			Help:        "Client connections established, by transport: for poll, each registration created (the first poll of an FQDN and label set not known); for tunnel, each tunnel accepted.",
+			ConstLabels: labels,
+		}, connects[transport])
+	}
+	factory.NewGauge(prometheus.GaugeOpts{
+		Name: "pushprox_proxy_max_clients",
+		Help: "The most client registrations known at once (--registration.max-clients).",
+	}).Set(float64(coord.maxClients))
+	reg.MustRegister(clientCollector{coord: coord})
 	outcomes := factory.NewCounterVec(prometheus.CounterOpts{
 		Name: "pushprox_proxy_scrapes_total",
 		Help: "Proxied scrapes by outcome.",
@@ -82,6 +113,44 @@ func newMetrics(reg prometheus.Registerer, coord *coordinator) *metrics {
 			Name: "pushprox_proxy_pushes_rejected_total",
 			Help: "Pushes refused, by reason.",
 		}, []string{"reason"}),
+		pollsCut: factory.NewCounter(prometheus.CounterOpts{
+			Name: "pushprox_proxy_polls_cut_total",
+			Help: "Parked polls whose connection ended before they were answered: cut by something in between, or the client went away.",
+		}),
+	}
+}
+
+var (
+	clientConnectedDesc = prometheus.NewDesc("pushprox_proxy_client_connected",
+		"Per known FQDN (at most "+strconv.Itoa(maxClientSeries)+"): 1 while a client of it has a live connection, 0 while it is known but not connected; transport is that of its latest connection.",
+		[]string{"fqdn", "transport"}, nil)
+	clientLastSeenDesc = prometheus.NewDesc("pushprox_proxy_client_last_seen_timestamp_seconds",
+		"Per known FQDN (at most "+strconv.Itoa(maxClientSeries)+"): Unix time of the latest contact with a client of it; now while connected.",
+		[]string{"fqdn"}, nil)
+)
+
+// clientCollector exports the per-FQDN series, computed at each scrape from
+// the coordinator's registrations, so that a forgotten client's series
+// disappear with it.
+type clientCollector struct {
+	coord *coordinator
+}
+
+func (cc clientCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- clientConnectedDesc
+	ch <- clientLastSeenDesc
+}
+
+func (cc clientCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, st := range cc.coord.fqdnStatuses(maxClientSeries) {
+		connected := 0.0
+		if st.connected {
+			connected = 1
+		}
+		// Every connection of this proxy is a poll.
+		ch <- prometheus.MustNewConstMetric(clientConnectedDesc, prometheus.GaugeValue, connected, st.fqdn, transportPoll)
+		ch <- prometheus.MustNewConstMetric(clientLastSeenDesc, prometheus.GaugeValue,
+			float64(st.lastSeen.UnixNano())/1e9, st.fqdn)
 	}
 }
 
