@@ -19,6 +19,9 @@ const (
 	outcomeRefused       = "refused"        // bad request, or the proxy is shutting down
 )
 
+// pushRejectReasons are the values of the reason label of refused pushes.
+var pushRejectReasons = []string{"malformed", "unknown_id", "expired", "forbidden", "too_large", "undelivered"}
+
 // metrics are the proxy's own metrics.
 type metrics struct {
 	httpRequests   *prometheus.CounterVec
@@ -84,6 +87,15 @@ func newMetrics(reg prometheus.Registerer, coord *coordinator) *metrics {
 		Help:    "Time of delivered scrapes by phase: waiting for a poll of the target's client, and the client's round trip until its push arrives.",
 		Buckets: []float64{.001, .005, .01, .05, .1, .5, 1, 5, 10, 30},
 	}, []string{"phase"})
+	rejected := factory.NewCounterVec(prometheus.CounterOpts{
+		Name: "pushprox_proxy_pushes_rejected_total",
+		Help: "Pushes refused, by reason.",
+	}, []string{"reason"})
+	// Every reason's series exists from the start, so that rates and the
+	// dashboard show zero rather than nothing.
+	for _, reason := range pushRejectReasons {
+		rejected.WithLabelValues(reason)
+	}
 	return &metrics{
 		scrapeWait:   phases.WithLabelValues("wait_for_poll"),
 		scrapeClient: phases.WithLabelValues("client"),
@@ -109,10 +121,7 @@ func newMetrics(reg prometheus.Registerer, coord *coordinator) *metrics {
 			Name: "pushprox_proxy_polls_empty_total",
 			Help: "Polls answered without a scrape because their wait preference passed.",
 		}),
-		pushesRejected: factory.NewCounterVec(prometheus.CounterOpts{
-			Name: "pushprox_proxy_pushes_rejected_total",
-			Help: "Pushes refused, by reason.",
-		}, []string{"reason"}),
+		pushesRejected: rejected,
 		pollsCut: factory.NewCounter(prometheus.CounterOpts{
 			Name: "pushprox_proxy_polls_cut_total",
 			Help: "Parked polls whose connection ended before they were answered: cut by something in between, or the client went away.",

@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"regexp"
+	"slices"
 	"testing"
 	"time"
 
@@ -163,6 +166,33 @@ func TestPerClientSeriesAreBounded(t *testing.T) {
 		}
 		if !st.lastSeen.Equal(now) {
 			t.Errorf("%s last seen %v, want %v", st.fqdn, st.lastSeen, now)
+		}
+	}
+}
+
+// The reasons pre-created for pushprox_proxy_pushes_rejected_total are the
+// ones the handlers use: a new reason must be added to the list, or its
+// series would appear only once it happened.
+func TestPushRejectReasonsAreAllListed(t *testing.T) {
+	src, err := os.ReadFile("handlers.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := map[string]bool{}
+	for _, m := range regexp.MustCompile(`rejectPush\(w, "([a-z_]+)"`).FindAllStringSubmatch(string(src), -1) {
+		used[m[1]] = true
+	}
+	if len(used) == 0 {
+		t.Fatal("no rejectPush calls found in handlers.go")
+	}
+	for reason := range used {
+		if !slices.Contains(pushRejectReasons, reason) {
+			t.Errorf("reason %q is used but not in pushRejectReasons", reason)
+		}
+	}
+	for _, reason := range pushRejectReasons {
+		if !used[reason] {
+			t.Errorf("reason %q is listed but never used", reason)
 		}
 	}
 }
