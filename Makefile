@@ -10,7 +10,7 @@ LDFLAGS  = -X $(VERSION_PKG).Version=$(VERSION) -X $(VERSION_PKG).Revision=$(REV
            -X $(VERSION_PKG).Branch=$(BRANCH) -X $(VERSION_PKG).BuildUser=$(shell id -un)@$(shell hostname) \
            -X $(VERSION_PKG).BuildDate=$(shell date -u +%Y%m%d-%H:%M:%S)
 
-.PHONY: all build test e2e lint check bench clean
+.PHONY: all build test e2e mixin-test lint check bench clean
 
 all: build
 
@@ -27,6 +27,16 @@ test:
 e2e: build
 	./end-to-end-test.sh
 
+## mixin-test: the alerting rules and dashboard (mixin/): promtool checks and
+## unit tests, the dashboard generated from its source, and a real Prometheus
+## evaluating every rule and dashboard query against the real binaries
+mixin-test: build
+	promtool check rules mixin/alerts.yaml
+	promtool test rules mixin/alerts_test.yaml
+	python3 mixin/dashboards/generate.py --check
+	python3 mixin/mixin_tool.py selftest
+	./mixin/e2e-test.sh
+
 ## lint: gofmt, go vet and go mod tidy must leave no diff
 lint:
 	@unformatted=$$(gofmt -l .); if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
@@ -34,7 +44,7 @@ lint:
 	$(GO) mod tidy -diff
 
 ## check: everything CI runs
-check: lint test e2e
+check: lint test e2e mixin-test
 
 ## bench: the real binaries against a direct scrape on loopback, one table (docs/performance.md)
 bench: build
