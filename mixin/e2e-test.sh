@@ -322,6 +322,15 @@ RULE_COUNT=$(jq '[.data.groups[].rules[]] | length' "$TMP_DIR/rules.json")
 EXPECTED_RULES=$(grep -cE '^\s*- (record|alert):' "$RULES")
 check "Prometheus loaded all $EXPECTED_RULES rules of alerts.yaml" 1 test "$RULE_COUNT" -eq "$EXPECTED_RULES"
 
+# alerts_documented: every alert, as Prometheus loaded it, has a severity,
+# a summary, a description and a runbook_url to its own section of the
+# runbook.
+alerts_documented() {
+  "$TOOL" check-alerts "$TMP_DIR/rules.json" "$REPO/docs/runbook.md" >"$TMP_DIR/check-alerts.log"
+}
+check 'every alert has severity, summary, description and a runbook section' 1 alerts_documented
+sed 's/^/  /' "$TMP_DIR/check-alerts.log"
+
 mapfile -t RECORDED < <(jq -r '[.data.groups[].rules[] | select(.type == "recording") | .name] | unique[]' "$TMP_DIR/rules.json")
 for name in "${RECORDED[@]}"; do
   check "recording rule $name has data" 20 query_matches "$name" 'length > 0'

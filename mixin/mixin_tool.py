@@ -14,6 +14,10 @@
       series name it can have: the sample names, and for histograms and
       summaries the _bucket, _sum and _count series even where a family has
       no sample yet.
+  mixin_tool.py check-alerts RULES.json RUNBOOK.md
+      Reads Prometheus' /api/v1/rules answer and checks that every alert has
+      a severity label, summary and description annotations, and a
+      runbook_url whose anchor is a heading of the runbook.
   mixin_tool.py selftest
       Checks the functions above on known inputs.
 
@@ -119,6 +123,50 @@ def exported_names(text):
     return names
 
 
+def github_anchor(heading):
+    """Returns the anchor GitHub gives a Markdown heading."""
+    text = heading.strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def runbook_anchors(markdown):
+    anchors = set()
+    in_code = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and re.match(r"#{1,6} ", line):
+            anchors.add(github_anchor(line.lstrip("#")))
+    return anchors
+
+
+def check_alerts(rules, markdown):
+    """Returns the problems of the alerting rules in a /api/v1/rules answer."""
+    anchors = runbook_anchors(markdown)
+    problems = []
+    alerts = [r for g in rules["data"]["groups"] for r in g["rules"] if r.get("type") == "alerting"]
+    if not alerts:
+        problems.append("no alerting rules")
+    for r in alerts:
+        name = r["name"]
+        labels, annotations = r.get("labels", {}), r.get("annotations", {})
+        if labels.get("severity") not in ("critical", "warning", "info"):
+            problems.append(f"{name}: severity label {labels.get('severity')!r}")
+        for key in ("summary", "description", "runbook_url"):
+            if not annotations.get(key, "").strip():
+                problems.append(f"{name}: no {key} annotation")
+        url = annotations.get("runbook_url", "")
+        if not url.startswith("https://github.com/rancher/pushprox/blob/main/docs/runbook.md#"):
+            problems.append(f"{name}: runbook_url {url!r} is not into docs/runbook.md")
+        anchor = url.partition("#")[2]
+        if anchor not in anchors:
+            problems.append(f"{name}: runbook_url anchor #{anchor} is no heading of docs/runbook.md")
+        if anchor != name.lower():
+            problems.append(f"{name}: runbook_url anchor #{anchor} is not the alert's own section")
+    return problems
+
+
 def selftest():
     cases = {
         'sum by (job, instance, outcome) (rate(pushprox_proxy_scrapes_total[5m]))': {"pushprox_proxy_scrapes_total"},
@@ -158,6 +206,23 @@ def selftest():
     if got != [('panel "t" query A', 'm{job=~".+"}'), ('variable "job"', 'v{a=~".+"}')]:
         print(f"dashboard_exprs gave {got}", file=sys.stderr)
         failed += 1
+    md = "# Title\n\n## PushProxProxyDown\n\n```\n## not a heading\n```\n### What (to) do, now?\n"
+    if runbook_anchors(md) != {"title", "pushproxproxydown", "what-to-do-now"}:
+        print(f"runbook_anchors gave {sorted(runbook_anchors(md))}", file=sys.stderr)
+        failed += 1
+    base = "https://github.com/rancher/pushprox/blob/main/docs/runbook.md#"
+    good = {"name": "PushProxProxyDown", "type": "alerting", "labels": {"severity": "critical"},
+            "annotations": {"summary": "s", "description": "d", "runbook_url": base + "pushproxproxydown"}}
+    bad = {"name": "PushProxOther", "type": "alerting", "labels": {},
+           "annotations": {"summary": "s", "runbook_url": base + "not-there"}}
+    rules = {"data": {"groups": [{"rules": [good, {"name": "r", "type": "recording"}]}]}}
+    if check_alerts(rules, md):
+        print(f"check_alerts found problems in a good rule: {check_alerts(rules, md)}", file=sys.stderr)
+        failed += 1
+    rules["data"]["groups"][0]["rules"].append(bad)
+    if len(check_alerts(rules, md)) != 4:
+        print(f"check_alerts on a bad rule gave {check_alerts(rules, md)}", file=sys.stderr)
+        failed += 1
     print(f"mixin_tool selftest: {failed} failed")
     return 1 if failed else 0
 
@@ -178,6 +243,14 @@ def main(argv):
     if argv[1:] == ["exported"]:
         print("\n".join(sorted(exported_names(sys.stdin.read()))))
         return 0
+    if argv[1:2] == ["check-alerts"] and len(argv) == 4:
+        with open(argv[2]) as f:
+            rules = json.load(f)
+        with open(argv[3]) as f:
+            problems = check_alerts(rules, f.read())
+        for p in problems:
+            print(p)
+        return 1 if problems else 0
     if argv[1:] == ["selftest"]:
         return selftest()
     print(__doc__, file=sys.stderr)
