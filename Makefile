@@ -10,7 +10,7 @@ LDFLAGS  = -X $(VERSION_PKG).Version=$(VERSION) -X $(VERSION_PKG).Revision=$(REV
            -X $(VERSION_PKG).Branch=$(BRANCH) -X $(VERSION_PKG).BuildUser=$(shell id -un)@$(shell hostname) \
            -X $(VERSION_PKG).BuildDate=$(shell date -u +%Y%m%d-%H:%M:%S)
 
-.PHONY: all build test e2e lint check bench clean helm chart-test
+.PHONY: all build test e2e mixin-test lint check bench clean helm chart-test
 
 # Helm for the chart's tests, built from the Go module proxy into .cache/
 # (about two minutes the first time; kept afterwards).
@@ -34,6 +34,16 @@ test:
 ## e2e: a real Prometheus scrapes node exporters through the real binaries
 e2e: build
 	./end-to-end-test.sh
+
+## mixin-test: the alerting rules and dashboard (mixin/): promtool checks and
+## unit tests, the dashboard generated from its source, and a real Prometheus
+## evaluating every rule and dashboard query against the real binaries
+mixin-test: build
+	promtool check rules mixin/alerts.yaml
+	promtool test rules mixin/alerts_test.yaml
+	python3 mixin/dashboards/generate.py --check
+	python3 mixin/mixin_tool.py selftest
+	./mixin/e2e-test.sh
 
 ## lint: gofmt, go vet and go mod tidy must leave no diff
 lint:
@@ -59,7 +69,7 @@ chart-test: helm
 	cd chart && HELM="$(HELM)" $(GO) test -count=1 ./...
 
 ## check: everything CI runs
-check: lint test chart-test e2e
+check: lint test chart-test e2e mixin-test
 
 ## bench: the real binaries against a direct scrape on loopback, one table (docs/performance.md)
 bench: build

@@ -35,6 +35,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help:    "Time of delivered scrapes by phase: waiting for a poll of the target's client, and the client's round trip until its push arrives.",
 		Buckets: []float64{.001, .005, .01, .05, .1, .5, 1, 5, 10, 30},
 	}, []string{"phase"})
+	rejected := factory.NewCounterVec(prometheus.CounterOpts{
+		Name: "pushprox_proxy_pushes_rejected_total",
+		Help: "Pushes refused, by reason.",
+	}, []string{"reason"})
+	// Every reason exists from the start, so that rates over it work
+	// before the first refusal.
+	for _, reason := range []string{"malformed", "unknown_id", "expired", "forbidden", "too_large", "undelivered"} {
+		rejected.WithLabelValues(reason)
+	}
 	return &metrics{
 		scrapeWait:   phases.WithLabelValues("wait_for_poll"),
 		scrapeClient: phases.WithLabelValues("client"),
@@ -62,10 +71,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "pushprox_proxy_polls_empty_total",
 			Help: "Polls answered without a scrape because their wait preference passed.",
 		}),
-		pushesRejected: factory.NewCounterVec(prometheus.CounterOpts{
-			Name: "pushprox_proxy_pushes_rejected_total",
-			Help: "Pushes refused, by reason.",
-		}, []string{"reason"}),
+		pushesRejected: rejected,
 	}
 }
 
