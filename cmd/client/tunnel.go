@@ -175,10 +175,15 @@ func (c *client) runTunnel(ctx context.Context, up *upstream, logger log.Logger)
 func (c *client) serveStream(ctx context.Context, stream *yamux.Stream) {
 	defer stream.Close()
 	_ = stream.SetReadDeadline(time.Now().Add(maxStreamRequest))
-	req, err := util.DecodeScrapeRequest(bufio.NewReaderSize(stream, 4<<10))
+	reader := bufio.NewReaderSize(stream, 4<<10)
+	req, err := util.DecodeStreamRequest(reader)
 	if err != nil {
 		c.metrics.scrapeErrors.Inc()
 		level.Warn(c.logger).Log("msg", "bad scrape request on tunnel", "err", err)
+		return
+	}
+	if req.Method == http.MethodConnect {
+		c.serveConnect(ctx, stream, reader, req)
 		return
 	}
 	id := req.Header.Get(util.HeaderID)

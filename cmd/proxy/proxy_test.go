@@ -38,6 +38,9 @@ func defaultConfig() config {
 		maxPushBytes:        64 << 20,
 		shutdownTimeout:     5 * time.Second,
 		tunnelPingInterval:  15 * time.Second,
+		connectMaxPerClient: 32,
+		connectMaxTotal:     4096,
+		connectIdleTimeout:  5 * time.Minute,
 	}
 }
 
@@ -518,7 +521,7 @@ func TestMetricNames(t *testing.T) {
 	}
 }
 
-func TestConnectIsRefusedWithAdvice(t *testing.T) {
+func TestConnectForAHostWithoutClientIsRefusedAtOnce(t *testing.T) {
 	tp := startProxy(t, defaultConfig())
 	conn, err := net.Dial("tcp", tp.srv.Listener.Addr().String())
 	if err != nil {
@@ -534,7 +537,7 @@ func TestConnectIsRefusedWithAdvice(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusMethodNotAllowed || !strings.Contains(string(body), "_scheme=https") {
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), `no client connected as "node1"`) {
 		t.Errorf("got %s %q", resp.Status, body)
 	}
 }

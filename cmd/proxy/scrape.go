@@ -32,10 +32,6 @@ func (p *proxy) handleScrape(w http.ResponseWriter, r *http.Request) {
 
 // scrape serves a proxy request and returns its outcome and status.
 func (p *proxy) scrape(w http.ResponseWriter, r *http.Request) (outcome string, code int) {
-	if r.Method == http.MethodConnect {
-		return outcomeRefused, httpError(w, http.StatusMethodNotAllowed,
-			"CONNECT is not supported: to scrape an HTTPS target, use plain http with the URL parameter _scheme=https")
-	}
 	fqdn, err := util.ParseFQDN(r.URL.Hostname())
 	if err != nil {
 		return outcomeRefused, httpError(w, http.StatusBadRequest, "bad scrape target: %v", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"sync"
+	"sync/atomic"
 
 	"github.com/go-kit/log"
 	"github.com/hashicorp/yamux"
@@ -23,6 +24,10 @@ type proxy struct {
 	metrics *metrics
 	mux     *http.ServeMux
 	tunnels tunnels
+	// connects counts CONNECT tunnels; connectsOpen those open now,
+	// against --connect.max-total.
+	connects     *connectMetrics
+	connectsOpen atomic.Int64
 	// buffers recycles relay copy buffers, so that many scrapes at once
 	// do not each allocate one.
 	buffers sync.Pool
@@ -39,7 +44,8 @@ func newProxy(cfg config, logger log.Logger, reg prometheus.Registerer, gatherer
 		}, logger, reg),
 		metrics: newMetrics(reg),
 		mux:     http.NewServeMux(),
-		tunnels: tunnels{open: map[*yamux.Session]struct{}{}},
+		tunnels:  tunnels{open: map[*yamux.Session]struct{}{}},
+		connects: newConnectMetrics(reg),
 	}
 	p.mux.Handle("POST /poll", p.metrics.instrument("/poll", p.handlePoll))
 	p.mux.Handle("POST /push", p.metrics.instrument("/push", p.handlePush))
@@ -56,7 +62,11 @@ func newProxy(cfg config, logger log.Logger, reg prometheus.Registerer, gatherer
 // ServeHTTP routes proxy requests (absolute-form request targets, CONNECT)
 // to the scrape handler and everything else to the proxy's own endpoints.
 func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Host != "" || r.Method == http.MethodConnect {
+	if r.Method == http.MethodConnect {
+		p.handleConnect(w, r)
+		return
+	}
+	if r.URL.Host != "" {
 		p.handleScrape(w, r)
 		return
 	}

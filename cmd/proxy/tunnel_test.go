@@ -184,7 +184,7 @@ func (tp *testProxy) gauge(t *testing.T, name, labelValue string) float64 {
 			continue
 		}
 		for _, m := range family.GetMetric() {
-			if len(m.GetLabel()) > 0 && m.GetLabel()[0].GetValue() == labelValue {
+			if (labelValue == "" && len(m.GetLabel()) == 0) || (len(m.GetLabel()) > 0 && m.GetLabel()[0].GetValue() == labelValue) {
 				return m.GetGauge().GetValue()
 			}
 		}

@@ -28,6 +28,12 @@ var (
 	// ErrNotCarried: a tunnel did not start on a scrape; the hub gives it
 	// to another carrier. Tunnel implementations wrap it.
 	ErrNotCarried = errors.New("tunnel did not take the scrape")
+	// ErrPollOnly: the clients of the FQDN are connected only by polls,
+	// which cannot carry a byte stream.
+	ErrPollOnly = errors.New("client is connected by polls, which cannot carry a CONNECT tunnel: use a client with --proxy.transport=auto or tunnel, or scrape with the URL parameter _scheme=https")
+	// ErrTooManyStreams: the client's tunnels carry as many CONNECT
+	// streams as they may.
+	ErrTooManyStreams = errors.New("client carries as many CONNECT streams as it may")
 	// ErrPollGone: a parked poll's context ended before work came.
 	ErrPollGone = errors.New("poll connection is gone")
 	// ErrNoWork: a poll's wait passed without work.

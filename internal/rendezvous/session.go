@@ -1,6 +1,10 @@
 package rendezvous
 
-import "github.com/go-kit/log/level"
+import (
+	"sync"
+
+	"github.com/go-kit/log/level"
+)
 
 // Session is a tunnel attached to the hub: a carrier of up to its capacity
 // scrapes at once for one client.
@@ -15,6 +19,60 @@ type Session struct {
 	// Detach; both guarded by hub.mu.
 	active   int
 	detached bool
+	// streams counts the byte streams (CONNECT) open on the tunnel now;
+	// guarded by hub.mu.
+	streams int
+}
+
+// Stream picks a tunnel of a client of fqdn for a byte stream (a CONNECT),
+// the one with the fewest streams, if it has fewer than maxStreams.
+// release must be called once the stream ends. It fails at once, never
+// waits: with ErrShuttingDown, ErrPollOnly when the FQDN's clients have only
+// polls, ErrTooManyStreams, or ErrClientIdle or ErrNoClient.
+func (h *Hub) Stream(fqdn string, maxStreams int) (t Tunnel, release func(), err error) {
+	fqdn = NormalFQDN(fqdn)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closing {
+		return nil, nil, ErrShuttingDown
+	}
+	var best *Session
+	for _, session := range h.tunnels[fqdn] {
+		if best == nil || session.streams < best.streams {
+			best = session
+		}
+	}
+	switch {
+	case best == nil && h.registryHasPollsLocked(fqdn):
+		return nil, nil, ErrPollOnly
+	case best == nil && h.registry.known(fqdn, h.now()):
+		return nil, nil, ErrClientIdle
+	case best == nil:
+		return nil, nil, ErrNoClient
+	case best.streams >= maxStreams:
+		return nil, nil, ErrTooManyStreams
+	}
+	best.streams++
+	var once sync.Once
+	return best.tunnel, func() {
+		once.Do(func() {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			best.streams--
+		})
+	}, nil
+}
+
+// registryHasPollsLocked says whether a known client of fqdn reached the
+// proxy by polls last.
+func (h *Hub) registryHasPollsLocked(fqdn string) bool {
+	now := h.now()
+	for _, r := range h.registry.byFQDN[fqdn] {
+		if r.transport == TransportPoll && h.registry.alive(r, now) {
+			return true
+		}
+	}
+	return false
 }
 
 // Attach registers c and adds t as a carrier of its FQDN that takes up to
