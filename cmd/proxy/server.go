@@ -42,8 +42,8 @@ func newProxy(cfg config, logger log.Logger, reg prometheus.Registerer, gatherer
 			MaxClients:          cfg.maxClients,
 			Now:                 cfg.clock,
 		}, logger, reg),
-		metrics: newMetrics(reg),
-		mux:     http.NewServeMux(),
+		metrics:  newMetrics(reg),
+		mux:      http.NewServeMux(),
 		tunnels:  tunnels{open: map[*yamux.Session]struct{}{}},
 		connects: newConnectMetrics(reg),
 	}
