@@ -322,6 +322,15 @@ scrape_configs:
       _scheme: [https]
     static_configs:
       - targets: ['$FQDN:$NE_TLS_PORT']
+  # scheme: https the normal way: Prometheus sends CONNECT, the client
+  # dials the target, and TLS runs from Prometheus to the node exporter.
+  - job_name: connect
+    scheme: https
+    proxy_url: $PROXY_URL/
+    tls_config:
+      ca_file: $TMP_DIR/tls/ca.crt
+    static_configs:
+      - targets: ['$FQDN:$NE_TLS_PORT']
   - job_name: noclient
     proxy_url: $PROXY_URL/
     static_configs:
@@ -453,6 +462,7 @@ check_query 'up{job="filesd"} carries the client labels env="e2e", rack="r1"' 10
 check_query 'up{job="httpsd"} == 1 with the client labels (http_sd from /clients?label=env=e2e)' 30 \
   'up{job="httpsd",env="e2e",rack="r1"}' "$ALL_ONE"
 check_query 'up{job="https"} == 1' 20 'up{job="https"}' "$ALL_ONE"
+check_query 'up{job="connect"} == 1 (scheme: https through CONNECT, TLS end to end)' 20 'up{job="connect"}' "$ALL_ONE"
 check 'up{job="noclient"} == 0 with lastError' 20 noclient_down_with_error
 log "noclient lastError: $(target_info noclient | jq -r '.[0].lastError // "<none>"' 2>/dev/null || true)"
 
@@ -480,7 +490,7 @@ check 'proxy and client answer /-/healthy and /-/ready' 10 health_ok
 
 # The failing job must not disturb the others: each must have at least three
 # scrapes in the last 8s (four intervals), and all of them successful.
-for job in static filesd httpsd https locked; do
+for job in static filesd httpsd https connect locked; do
   check_query "up{job=\"$job\"} stays 1" 15 \
     "min_over_time(up{job=\"$job\"}[8s]) == 1 and count_over_time(up{job=\"$job\"}[8s]) >= 3" \
     "$ALL_ONE"
