@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -28,6 +29,8 @@ type pollAnswer struct {
 	status int
 	header http.Header
 	body   []byte
+	delay  time.Duration // held this long before answering
+	stall  bool          // only the first half of body is sent, then nothing
 }
 
 // polled is a request the fake proxy received, with what identifies its
@@ -60,6 +63,10 @@ type fakeProxy struct {
 	polls    chan polled
 	pushes   chan pushed
 	requests chan polled
+	// honourWait makes polls without a scripted answer end with 204 after
+	// their Prefer: wait, as the real proxy does; set before the first
+	// poll.
+	honourWait bool
 }
 
 // startFakeProxy starts a fake proxy over plain HTTP.
@@ -141,13 +148,32 @@ func (fp *fakeProxy) handlePoll(w http.ResponseWriter, r *http.Request, seen pol
 	case fp.polls <- seen:
 	default: // Tests that look at polls read the first few only.
 	}
+	var expired <-chan time.Time
+	if wait, ok := util.ParsePreferWait(r.Header); ok && fp.honourWait {
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+		expired = timer.C
+	}
 	select {
 	case a := <-fp.answers:
+		if !sleep(r.Context(), a.delay) {
+			return
+		}
 		for name, values := range a.header {
 			w.Header()[name] = values
 		}
+		if a.stall {
+			w.Header().Set("Content-Length", strconv.Itoa(len(a.body)))
+			w.WriteHeader(a.status)
+			_, _ = w.Write(a.body[:len(a.body)/2])
+			http.NewResponseController(w).Flush()
+			<-r.Context().Done()
+			return
+		}
 		w.WriteHeader(a.status)
 		_, _ = w.Write(a.body)
+	case <-expired:
+		w.WriteHeader(http.StatusNoContent)
 	case <-r.Context().Done():
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -150,5 +151,33 @@ func TestClientBinaryServesAndStopsOnSignal(t *testing.T) {
 	client.Signal(syscall.SIGTERM)
 	if code := client.Wait(); code != 0 {
 		t.Errorf("client exited with %d after SIGTERM:\n%s", code, client.Output())
+	}
+}
+
+func TestSIGHUPReloadsTheClientInsteadOfEndingIt(t *testing.T) {
+	dir := t.TempDir()
+	webConfig := filepath.Join(dir, "web.yml")
+	if err := os.WriteFile(webConfig, []byte("http_server_config:\n  http2: true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fp := startFakeProxy(t)
+	client := testbin.Start(t, clientBin,
+		"--proxy-url="+fp.url(t).String(),
+		"--fqdn=node.example",
+		"--metrics-addr=127.0.0.1:0",
+		"--web.config.file="+webConfig,
+	)
+	client.WaitForOutput(regexp.MustCompile(`msg=polling`))
+	client.Signal(syscall.SIGHUP)
+	client.WaitForOutput(regexp.MustCompile(`msg="reloading on sighup"[^\n]*\n[^\n]*msg=reloaded what="web config"`))
+	// A web config that cannot be used is reported, and the client goes on.
+	if err := os.WriteFile(webConfig, []byte("basic_auth_users:\n  alice: not-a-hash\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	client.Signal(syscall.SIGHUP)
+	client.WaitForOutput(regexp.MustCompile(`level=error [^\n]*msg="reload failed, keeping the previous state" what="web config"`))
+	client.Signal(syscall.SIGTERM)
+	if code := client.Wait(); code != 0 {
+		t.Errorf("client exited with %d after SIGHUP and SIGTERM:\n%s", code, client.Output())
 	}
 }

@@ -105,3 +105,21 @@ func TestTargetRedirectsStayWithinTheRules(t *testing.T) {
 		fp.expectPush(t, id, http.StatusOK, "up 1\n")
 	})
 }
+
+func TestTemporaryAndPermanentRedirectsAreFollowedLikeTheOthers(t *testing.T) {
+	for _, status := range []int{http.StatusMovedPermanently, http.StatusFound, http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
+		t.Run(http.StatusText(status), func(t *testing.T) {
+			fp := startFakeProxy(t)
+			target := startTarget(t, false, func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/old" {
+					http.Redirect(w, r, "/metrics", status)
+					return
+				}
+				io.WriteString(w, "up 1\n")
+			})
+			startClient(t, testConfig(fp.url(t), "127.0.0.1"))
+			id := fp.queueScrape(t, target.URL+"/old", nil)
+			fp.expectPush(t, id, http.StatusOK, "up 1\n")
+		})
+	}
+}

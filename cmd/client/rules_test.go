@@ -357,3 +357,35 @@ func TestDisallowedTargetIsRefusedWithTheReason(t *testing.T) {
 	neverContacted(t, allowedSeen)
 	neverContacted(t, otherSeen)
 }
+
+func TestScrapeAllowMatchesTheHostAskedForUnderUseLocalhost(t *testing.T) {
+	target, requests := recordingTarget(t, false, http.StatusOK, "up 1\n")
+	targetPort := port(t, target)
+	for _, tc := range []struct {
+		name   string
+		rule   string
+		status int
+		want   string
+	}{
+		{name: "the FQDN", rule: "node.example:" + targetPort + "/metrics", status: http.StatusOK, want: "up 1"},
+		{name: "not 127.0.0.1", rule: "127.0.0.1:" + targetPort + "/metrics", status: http.StatusInternalServerError,
+			want: "target node.example:" + targetPort + "/metrics is not allowed by --scrape.allow"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fp := startFakeProxy(t)
+			cfg := testConfig(fp.url(t), "node.example")
+			cfg.useLocalhost = true
+			cfg.allowPort = targetPort
+			if err := cfg.security.scrapeAllow.Set(tc.rule); err != nil {
+				t.Fatal(err)
+			}
+			startClient(t, cfg)
+			id := fp.queueScrape(t, "http://node.example:"+targetPort+"/metrics", nil)
+			fp.expectPush(t, id, tc.status, tc.want)
+			if tc.status == http.StatusOK {
+				received(t, requests)
+			}
+			neverContacted(t, requests)
+		})
+	}
+}
