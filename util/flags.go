@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,9 +14,10 @@ import (
 )
 
 // App is a command line as both binaries have it: -h, --version, usage and
-// errors written to one writer, every flag also settable as an environment
-// variable (PUSHPROX_PROXY_WEB_LISTEN_ADDRESS for --web.listen-address of
-// pushprox-proxy), and --help and --version answered without exiting.
+// errors written to one writer, every flag but --help and --version also
+// settable as an environment variable (PUSHPROX_PROXY_WEB_LISTEN_ADDRESS
+// for --web.listen-address of pushprox-proxy; a repeatable flag takes one
+// value per line), and --help and --version answered without exiting.
 type App struct {
 	*kingpin.Application
 	answered bool // --help or --version was given and answered
@@ -30,6 +32,10 @@ func NewApp(name, help string, w io.Writer) *App {
 	a.ErrorWriter(w)
 	a.Terminate(func(int) { a.answered = true })
 	a.DefaultEnvars()
+	// Asking for help or the version is not a setting: an environment
+	// variable must not make every run print and stop.
+	a.HelpFlag.NoEnvar()
+	a.VersionFlag.NoEnvar()
 	return a
 }
 
@@ -77,8 +83,15 @@ func (a *App) nameFlag(args []string, err error) error {
 		if model.Envar == "" || value == "" {
 			continue
 		}
-		if setErr := model.Value.Set(value); setErr != nil {
-			return fmt.Errorf("--%s (from $%s): %w", model.Name, model.Envar, setErr)
+		// A repeatable flag takes one value per line, as kingpin splits it.
+		values := []string{value}
+		if repeatable, ok := model.Value.(interface{ IsCumulative() bool }); ok && repeatable.IsCumulative() {
+			values = strings.Split(strings.ReplaceAll(strings.TrimRight(value, "\r\n"), "\r\n", "\n"), "\n")
+		}
+		for _, v := range values {
+			if setErr := model.Value.Set(v); setErr != nil {
+				return fmt.Errorf("--%s (from $%s): %w", model.Name, model.Envar, setErr)
+			}
 		}
 	}
 	return err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"unicode/utf8"
 )
 
 // MaxFQDNLength is the longest host name DNS allows.
@@ -44,13 +45,20 @@ func checkLabel(label string) error {
 	if label[0] == '-' || label[len(label)-1] == '-' {
 		return fmt.Errorf("label %q starts or ends with '-'", label)
 	}
-	for i := 0; i < len(label); i++ {
-		c := label[i]
+	for i, r := range label {
 		// Underscores are not valid in host names but common in real
 		// container and VM names, so they are accepted.
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			return fmt.Errorf("label %q contains %q", label, c)
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			continue
 		}
+		// The character is quoted readably: a non-ASCII letter as
+		// itself, a byte that is not UTF-8 as an escape.
+		if r == utf8.RuneError {
+			if _, size := utf8.DecodeRuneInString(label[i:]); size == 1 {
+				return fmt.Errorf("label %q contains the byte %q, which is not UTF-8", label, label[i:i+1])
+			}
+		}
+		return fmt.Errorf("label %q contains %q", label, r)
 	}
 	return nil
 }

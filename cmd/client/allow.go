@@ -63,9 +63,18 @@ func parseAllowRule(raw string) (allowRule, error) {
 	return rule, nil
 }
 
-// check says why a scrape of urlPath on host:port, the address the client
-// would connect to, is refused, if it is. The query is not checked.
+// check says why a scrape of urlPath on host:port is refused, if it is.
 func (l allowList) check(host, port, urlPath string) error {
+	if err := l.match(host, port, urlPath); err != nil {
+		return fmt.Errorf("scrape refused: %w", err)
+	}
+	return nil
+}
+
+// match says why urlPath on host:port, the host as the proxy names it (the
+// FQDN, also under --use-localhost), matches no rule, if it does not. The
+// query is not checked.
+func (l allowList) match(host, port, urlPath string) error {
 	if len(l) == 0 {
 		return nil
 	}
@@ -76,7 +85,7 @@ func (l allowList) check(host, port, urlPath string) error {
 	// A path with dot segments or doubled slashes could name another
 	// resource on the target than the one its text matches.
 	if cleaned := path.Clean(urlPath); cleaned != urlPath && cleaned+"/" != urlPath {
-		return fmt.Errorf("scrape refused: target %s has a path that is not clean, which --scrape.allow does not accept", target)
+		return fmt.Errorf("target %s has a path that is not clean, which --scrape.allow does not accept", target)
 	}
 	host = normalizeHost(host)
 	for _, rule := range l {
@@ -84,7 +93,7 @@ func (l allowList) check(host, port, urlPath string) error {
 			return nil
 		}
 	}
-	return errors.New("scrape refused: target " + target + " is not allowed by --scrape.allow")
+	return errors.New("target " + target + " is not allowed by --scrape.allow")
 }
 
 func globMatch(pattern, name string) bool {

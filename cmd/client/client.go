@@ -1,24 +1,16 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,15 +19,19 @@ import (
 	"github.com/rancher/pushprox/util"
 )
 
-// maxPollResponse bounds a poll answer, which holds one scrape request.
-const maxPollResponse = util.MaxScrapeRequest
+// defaultRefuseTimeout bounds the sending of a scrape error. The contexts
+// such answers are sent under have no deadline of their own (the scrape's
+// may be what failed), and a proxy that never takes them must not hold a
+// scrape slot, or the client's shutdown, for ever.
+const defaultRefuseTimeout = 10 * time.Second
 
 // client polls proxies for scrapes of its FQDN, scrapes the target and
-// pushes the answers back.
+// sends the answers back.
 type client struct {
 	cfg          config
 	logger       log.Logger
 	metrics      *metrics
+	proxyTLS     *tls.Config   // towards the proxies, for every proxy client
 	proxyClient  *http.Client  // towards the proxies
 	targetClient *http.Client  // towards the scraped targets
 	slots        chan struct{} // bounds concurrent scrapes
@@ -43,238 +39,62 @@ type client struct {
 	labels       string // the labels header sent with each poll
 	lookupHost   func(ctx context.Context, host string) ([]string, error)
 	connected    atomic.Int64 // proxies whose last poll succeeded
+
+	reloadMu sync.Mutex
+	// reloaders are what a reload (SIGHUP) re-reads, by name; guarded by
+	// reloadMu.
+	reloaders []reloader
+}
+
+// reloader is one thing a reload re-reads.
+type reloader struct {
+	name   string
+	reload func() error
 }
 
 func newClient(cfg config, logger log.Logger, reg prometheus.Registerer) (*client, error) {
-	toProxy, toTarget, err := newTransports(cfg, logger)
+	proxyTLS, targetTLS, err := newTLSConfigs(cfg, logger)
 	if err != nil {
 		return nil, err
 	}
-	return &client{
+	c := &client{
 		cfg:          cfg,
 		logger:       logger,
 		metrics:      newMetrics(reg),
-		proxyClient:  &http.Client{Transport: toProxy, CheckRedirect: noRedirects},
-		targetClient: &http.Client{Transport: toTarget, CheckRedirect: cfg.checkRedirect},
+		proxyTLS:     proxyTLS,
+		targetClient: &http.Client{Transport: newTransport(targetTLS, ""), CheckRedirect: nil},
 		slots:        make(chan struct{}, cfg.maxConcurrentScrapes),
 		labels:       util.EncodeLabels(cfg.labels),
 		lookupHost:   net.DefaultResolver.LookupHost,
-	}, nil
+	}
+	c.targetClient.CheckRedirect = c.checkRedirect
+	c.proxyClient = c.newProxyClient("")
+	if file := cfg.security.webConfigFile; file != "" {
+		c.onReload("web config", func() error { return validateWebConfig(file) })
+	}
+	return c, nil
 }
 
-// noRedirects makes a redirected poll or push a failed one: following it
-// would send the proxy credentials to whatever host it names.
-func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-
-// newTransport returns a keep-alive transport whose connections notice a
-// dead peer. Compression is left to Prometheus and the target: bodies pass
-// through as they are.
-func newTransport(tlsConfig *tls.Config) *http.Transport {
-	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAliveConfig: util.KeepAlive}
-	return &http.Transport{
-		Proxy:                 nil,
-		DialContext:           dialer.DialContext,
-		TLSClientConfig:       tlsConfig,
-		TLSHandshakeTimeout:   10 * time.Second,
-		DisableCompression:    true,
-		MaxIdleConns:          100,
-		MaxIdleConnsPerHost:   16,
-		IdleConnTimeout:       90 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		// Pushes stream bodies in 32 KiB pieces; a larger buffer sends each
-		// in one write instead of several.
-		WriteBufferSize: 64 << 10,
-		ReadBufferSize:  64 << 10,
-	}
+// onReload adds something a reload (SIGHUP) re-reads; reload is called
+// from the goroutine that reloads, one at a time.
+func (c *client) onReload(name string, reload func() error) {
+	c.reloadMu.Lock()
+	defer c.reloadMu.Unlock()
+	c.reloaders = append(c.reloaders, reloader{name: name, reload: reload})
 }
 
-// newTLSConfig builds the TLS settings from the --tls.* flags.
-func newTLSConfig(caFile, certFile, keyFile string, insecureSkipVerify bool) (*tls.Config, error) {
-	cfg := &tls.Config{InsecureSkipVerify: insecureSkipVerify}
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("reading CA file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("no PEM certificate in CA file %s", caFile)
-		}
-		cfg.RootCAs = pool
-	}
-	if (certFile == "") != (keyFile == "") {
-		return nil, errors.New("--tls.cert and --tls.key must be given together")
-	}
-	if certFile != "" {
-		// Loaded on each handshake, so that renewed certificates are used
-		// without a restart.
-		if _, err := tls.LoadX509KeyPair(certFile, keyFile); err != nil {
-			return nil, fmt.Errorf("loading client certificate: %w", err)
-		}
-		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-			if err != nil {
-				return nil, err
-			}
-			return &cert, nil
-		}
-	}
-	return cfg, nil
-}
-
-// Run polls every proxy until ctx ends, then waits for scrapes in flight.
-func (c *client) Run(ctx context.Context) {
-	var loops sync.WaitGroup
-	for _, proxyURL := range c.cfg.proxyURLs {
-		loops.Add(1)
-		go func() {
-			defer loops.Done()
-			if c.cfg.proxyResolveAll {
-				c.resolveLoop(ctx, proxyURL)
-				return
-			}
-			c.serveUpstream(ctx, &upstream{url: proxyURL, http: c.proxyClient})
-		}()
-	}
-	loops.Wait()
-	c.scrapes.Wait()
-	c.proxyClient.CloseIdleConnections()
-	c.targetClient.CloseIdleConnections()
-}
-
-// pollLoop polls one proxy, starting a scrape for each request it is given
-// and polling again at once. Failed polls are retried with backoff.
-func (c *client) pollLoop(ctx context.Context, up *upstream) {
-	logger := log.With(c.logger, "proxy", up.String())
-	retry := newBackoff(c.cfg.retryInitialWait, c.cfg.retryMaxWait)
-	connected := false
-	// setConnected keeps c.connected counting this proxy while its last
-	// poll succeeded.
-	setConnected := func(ok bool) {
-		switch {
-		case ok && !connected:
-			c.connected.Add(1)
-		case !ok && connected:
-			c.connected.Add(-1)
-		}
-		connected = ok
-	}
-	defer setConnected(false)
-	for ctx.Err() == nil {
-		start := time.Now()
-		req, err := c.poll(ctx, up)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			setConnected(false)
-			c.metrics.pollErrors.Inc()
-			wait := retry.NextBackOff()
-			level.Warn(logger).Log("msg", "poll failed, retrying", "wait", wait, "err", err)
-			if !sleep(ctx, wait) {
-				return
-			}
+// reload re-reads everything that can change without a restart. A part
+// that cannot be read is logged and keeps its previous state.
+func (c *client) reload() {
+	c.reloadMu.Lock()
+	defer c.reloadMu.Unlock()
+	for _, r := range c.reloaders {
+		if err := r.reload(); err != nil {
+			level.Error(c.logger).Log("msg", "reload failed, keeping the previous state", "what", r.name, "err", err)
 			continue
 		}
-		retry.Reset()
-		setConnected(true)
-		if req == nil {
-			// A proxy honouring the wait answers "no work" only after it.
-			// One that answers at once would have the client poll in a
-			// tight loop, so it is given a pause.
-			if time.Since(start) < minEmptyPollTime && !sleep(ctx, c.cfg.retryInitialWait) {
-				return
-			}
-			continue
-		}
-		// Wait for a free slot before taking more work from this proxy.
-		select {
-		case c.slots <- struct{}{}:
-		case <-ctx.Done():
-			c.refuse(context.WithoutCancel(ctx), up, req, errors.New("client is shutting down"))
-			return
-		}
-		c.scrapes.Add(1)
-		go func() {
-			defer c.scrapes.Done()
-			defer func() { <-c.slots }()
-			// A scrape already taken is finished even when the client stops.
-			c.doScrape(context.WithoutCancel(ctx), up, req)
-		}()
+		level.Info(c.logger).Log("msg", "reloaded", "what", r.name)
 	}
-}
-
-// minEmptyPollTime is the least time a proxy that honours the client's wait
-// preference takes to answer a poll without work.
-const minEmptyPollTime = 500 * time.Millisecond
-
-// sleep waits for d and reports whether ctx was still live at the end.
-func sleep(ctx context.Context, d time.Duration) bool {
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-// newBackoff returns the retry policy for failed polls: exponential by 1.5
-// from initial to max, never giving up.
-func newBackoff(initial, max time.Duration) *backoff.ExponentialBackOff {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = initial
-	b.MaxInterval = max
-	b.Multiplier = 1.5
-	b.RandomizationFactor = 0
-	b.MaxElapsedTime = 0
-	b.Reset()
-	return b
-}
-
-// poll asks a proxy for a scrape. It returns nil without error when the
-// proxy had none within the poll's wait.
-func (c *client) poll(ctx context.Context, up *upstream) (*http.Request, error) {
-	pollURL := util.ResolveProxyPath(up.url, util.PollPath)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, pollURL.String(), strings.NewReader(c.cfg.fqdn))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "text/plain")
-	if c.labels != "" {
-		req.Header.Set(util.HeaderLabels, c.labels)
-	}
-	if c.cfg.pollWait > 0 {
-		req.Header.Set(util.HeaderPrefer, "wait="+strconv.Itoa(int(c.cfg.pollWait/time.Second)))
-	}
-	resp, err := up.http.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxPollResponse+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading poll answer: %w", err)
-	}
-	switch {
-	case resp.StatusCode == http.StatusNoContent:
-		return nil, nil
-	case resp.StatusCode != http.StatusOK:
-		return nil, fmt.Errorf("poll answered %s: %s", resp.Status, firstLine(body))
-	case len(body) > maxPollResponse:
-		return nil, fmt.Errorf("poll answer larger than %d bytes", maxPollResponse)
-	}
-	return parseScrapeRequest(body)
-}
-
-// parseScrapeRequest reads the scrape request in a poll answer.
-func parseScrapeRequest(body []byte) (*http.Request, error) {
-	req, err := util.DecodeScrapeRequest(bufio.NewReader(bytes.NewReader(body)))
-	if err != nil {
-		return nil, fmt.Errorf("poll answer: %w", err)
-	}
-	return req, nil
 }
 
 // firstLine returns the start of an error body, for messages.

@@ -48,7 +48,10 @@ type config struct {
 	proxyResolveAll      bool
 	transport            string
 	tunnelPingInterval   time.Duration
-	resolveInterval      time.Duration // how often --proxy.resolve-all resolves; zero means 30s; not a flag
+	shutdownTimeout      time.Duration
+	resolveInterval      time.Duration // how often --proxy.resolve-all resolves; zero means defaultResolveInterval; not a flag
+	refuseTimeout        time.Duration // bounds sending a scrape error; zero means defaultRefuseTimeout; not a flag
+	pollBodyMargin       time.Duration // added to the poll wait to bound a poll answer's body; zero means defaultPollBodyMargin; not a flag
 	labels               map[string]string
 	logLevel             string
 	logFormat            string
@@ -84,6 +87,8 @@ func (c config) validate() error {
 		return errors.New("--tunnel.ping-interval must be positive")
 	case c.maxConcurrentScrapes < 1:
 		return errors.New("--scrape.max-concurrency must be at least 1")
+	case c.shutdownTimeout < 0:
+		return errors.New("--web.shutdown-timeout must not be negative")
 	}
 	return c.validateSecurity()
 }
@@ -97,7 +102,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	var proxyURLs, labels []string
 	app.Flag("fqdn", "Name this client registers as; scrapes for other names are refused. Defaults to this host's FQDN.").
 		StringVar(&cfg.fqdn)
-	app.Flag("proxy-url", "Base URL of the proxy; /poll and /push resolve against it.").
+	app.Flag("proxy-url", "Base URL of the proxy; /poll and /push resolve against it; repeatable (in the environment, one per line).").
 		Required().StringsVar(&proxyURLs)
 	app.Flag("tls.cacert", "CA certificate file to verify the proxy, and HTTPS targets unless a --scrape.tls.* flag is given.").
 		ExistingFileVar(&cfg.caFile)
@@ -126,8 +131,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		Default("15s").DurationVar(&cfg.tunnelPingInterval)
 	app.Flag("proxy.resolve-all", "Poll every address each --proxy-url's host resolves to (proxy replicas behind a Kubernetes headless Service), resolving again every 30s.").
 		BoolVar(&cfg.proxyResolveAll)
-	app.Flag("label", "Label name=value announced to the proxy for service discovery; repeatable.").
+	app.Flag("label", "Label name=value announced to the proxy for service discovery; repeatable (in the environment, one per line).").
 		StringsVar(&labels)
+	app.Flag("web.shutdown-timeout", "How long a stopping client waits for scrapes in flight before cancelling them.").
+		Default("15s").DurationVar(&cfg.shutdownTimeout)
 	app.LogFlags(&cfg.logLevel, &cfg.logFormat)
 	addSecurityFlags(app.Application, &cfg.security)
 
@@ -208,6 +215,8 @@ func run(args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	stopReloading := reloadOnSIGHUP(ctx, c, logger)
+	defer stopReloading()
 	ln, err := net.Listen("tcp", cfg.metricsAddress)
 	if err != nil {
 		level.Error(logger).Log("msg", "cannot listen for metrics", "address", cfg.metricsAddress, "err", err)
@@ -244,4 +253,30 @@ func redacted(urls []*url.URL) []string {
 		out[i] = u.Redacted()
 	}
 	return out
+}
+
+// reloadOnSIGHUP makes SIGHUP reload what the client can reload, instead
+// of ending it, until ctx ends or the returned stop is called.
+func reloadOnSIGHUP(ctx context.Context, c *client, logger log.Logger) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-hup:
+				level.Info(logger).Log("msg", "reloading on sighup")
+				c.reload()
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(hup)
+		cancel()
+		<-done
+	}
 }

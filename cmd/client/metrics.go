@@ -5,16 +5,27 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
-// metrics are the client's own metrics.
+// The transports a client can carry scrapes on, as the values of the
+// transport label.
+const (
+	transportPoll   = "poll"
+	transportTunnel = "tunnel"
+)
+
+// metrics are the client's own metrics. Their names are a contract with
+// dashboards and alerts.
 type metrics struct {
-	scrapeErrors prometheus.Counter
-	pushErrors   prometheus.Counter
-	pollErrors   prometheus.Counter
+	scrapeErrors   prometheus.Counter
+	pushErrors     prometheus.Counter
+	pollErrors     prometheus.Counter
+	pollCuts       prometheus.Counter
+	scrapeDuration prometheus.Histogram
+	transport      *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	factory := promauto.With(reg)
-	return &metrics{
+	m := &metrics{
 		scrapeErrors: factory.NewCounter(prometheus.CounterOpts{
 			Name: "pushprox_client_scrape_errors_total",
 			Help: "Number of scrapes that failed or were refused; each is pushed back as a 500.",
@@ -25,7 +36,33 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		pollErrors: factory.NewCounter(prometheus.CounterOpts{
 			Name: "pushprox_client_poll_errors_total",
-			Help: "Number of polls to the proxy that failed.",
+			Help: "Number of polls to the proxy that failed; polls cut by a gateway are not among them.",
 		}),
+		pollCuts: factory.NewCounter(prometheus.CounterOpts{
+			Name: "pushprox_client_poll_cuts_total",
+			Help: "Number of polls ended by a 502, 503 or 504 from something between client and proxy; each is made again at once with a shorter wait.",
+		}),
+		scrapeDuration: factory.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pushprox_client_scrape_duration_seconds",
+			Help:    "Time from taking a scrape request to the end of sending its answer back, failed scrapes included.",
+			Buckets: prometheus.DefBuckets,
+		}),
+		transport: factory.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pushprox_client_transport",
+			Help: "1 for the transport scrapes are carried on (poll or tunnel), 0 for the other.",
+		}, []string{"transport"}),
+	}
+	m.setTransport("")
+	return m
+}
+
+// setTransport marks the transport in use; "" marks none.
+func (m *metrics) setTransport(inUse string) {
+	for _, transport := range []string{transportPoll, transportTunnel} {
+		value := 0.0
+		if transport == inUse {
+			value = 1
+		}
+		m.transport.WithLabelValues(transport).Set(value)
 	}
 }

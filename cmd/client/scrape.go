@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/go-kit/log"
@@ -17,198 +15,126 @@ import (
 	"github.com/rancher/pushprox/util"
 )
 
-// doScrape serves one scrape request from the proxy up: it scrapes
-// the target within the forwarded timeout and pushes the answer, or the
-// reason it could not, back to the proxy.
-func (c *client) doScrape(ctx context.Context, up *upstream, req *http.Request) {
-	id := req.Header.Get(util.HeaderID)
-	logger := log.With(c.logger, "scrape_id", id, "url", req.URL.Redacted())
+// One scrape, whatever carries it. A transport (a poll loop, or a tunnel
+// with one stream per scrape) decodes a scrape request, calls answer, and
+// sends the answer back in the wire form with answerHead or writeAnswer
+// before calling done.
+
+// answer makes the scrape that req asks for: it applies the client's rules
+// and the request's timeout, and returns the target's response with its
+// body unread, or util.ErrorAnswer with the reason when the scrape is
+// refused or fails (counted and logged here). The context of resp.Request
+// carries the deadline by which the answer must be sent; done releases the
+// scrape and must be called once the answer has been sent or given up.
+func (c *client) answer(ctx context.Context, req *http.Request) (resp *http.Response, done func()) {
 	timeout, err := util.HeaderTimeout(req.Header, util.HeaderScrapeTimeoutSeconds)
 	if err != nil {
-		c.refuse(ctx, up, req, err)
-		return
+		return c.errorAnswer(ctx, req, err)
 	}
 	scrapeCtx, cancel := context.WithTimeout(ctx, util.TargetTimeout(timeout))
-	defer cancel()
-	start := time.Now()
-	resp, err := c.scrapeTarget(scrapeCtx, req)
-	if err != nil {
-		// Not under scrapeCtx: when its deadline is what failed the scrape,
-		// a push under it would fail too and the reason would be lost.
-		c.refuse(ctx, up, req, err)
-		return
-	}
-	defer resp.Body.Close()
-	if err := c.push(scrapeCtx, up, id, resp); err != nil {
-		c.metrics.pushErrors.Inc()
-		level.Warn(logger).Log("msg", "push failed", "err", err)
-		return
-	}
-	level.Debug(logger).Log("msg", "scraped", "status", resp.StatusCode, "duration", time.Since(start))
-}
-
-// refuseTimeout bounds the push of a scrape error. Its callers' contexts
-// have no deadline (the scrape's may be what failed), and a proxy that
-// never answers must not hold a scrape slot, or the client's shutdown, for
-// ever. A variable so that tests can shorten it.
-var refuseTimeout = 10 * time.Second
-
-// refuse pushes a 500 whose body is the reason a scrape failed, so that
-// Prometheus sees it at once instead of waiting for its timeout.
-func (c *client) refuse(ctx context.Context, up *upstream, req *http.Request, reason error) {
-	ctx, cancel := context.WithTimeout(ctx, refuseTimeout)
-	defer cancel()
-	c.metrics.scrapeErrors.Inc()
-	id := req.Header.Get(util.HeaderID)
-	logger := log.With(c.logger, "scrape_id", id, "url", req.URL.Redacted())
-	level.Warn(logger).Log("msg", "scrape failed", "err", reason)
-	if err := c.push(ctx, up, id, util.ErrorAnswer(reason)); err != nil {
-		c.metrics.pushErrors.Inc()
-		level.Warn(logger).Log("msg", "push of scrape error failed", "err", err)
-	}
-}
-
-// scrapeTarget checks a scrape request against the client's rules and makes
-// it.
-func (c *client) scrapeTarget(ctx context.Context, req *http.Request) (*http.Response, error) {
-	out, err := c.targetRequest(ctx, req)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := c.targetClient.Do(out)
-	if err != nil {
-		return nil, fmt.Errorf("scraping target: %w", err)
-	}
-	return resp, nil
-}
-
-// targetRequest turns a scrape request into the request to the target, or
-// says why it is refused.
-func (c *client) targetRequest(ctx context.Context, req *http.Request) (*http.Request, error) {
-	// A scrape only reads: a proxy must not make the client change
-	// anything on a target.
-	if req.Method != http.MethodGet {
-		return nil, fmt.Errorf("scrape refused: method %s is not GET", req.Method)
-	}
-	host := req.URL.Hostname()
-	if !sameHost(host, c.cfg.fqdn) {
-		return nil, fmt.Errorf("scrape refused: target host %q is not this client's FQDN %q", host, c.cfg.fqdn)
-	}
-	u := *req.URL
-	scheme := "http"
-	if query := u.Query(); query.Has("_scheme") {
-		scheme = query.Get("_scheme")
-		query.Del("_scheme")
-		u.RawQuery = query.Encode()
-		if scheme != "http" && scheme != "https" {
-			return nil, fmt.Errorf("scrape refused: _scheme must be http or https, not %q", scheme)
-		}
-	}
-	if c.cfg.tokenPath != "" {
-		scheme = "https"
-	}
-	port := portOr(u.Port(), scheme)
-	if c.cfg.allowPort != "*" && port != c.cfg.allowPort {
-		return nil, fmt.Errorf("scrape refused: port %s is not allowed, only %s", port, c.cfg.allowPort)
-	}
-	if c.cfg.useLocalhost {
-		host = "127.0.0.1"
-	}
-	u.Scheme = scheme
-	u.Host = net.JoinHostPort(host, port)
-	if err := c.cfg.security.scrapeAllow.check(host, port, u.Path); err != nil {
-		return nil, err
-	}
-
-	out := req.Clone(ctx)
-	out.URL = &u
-	out.Host = ""
-	out.RequestURI = ""
-	util.RemoveHopByHopHeaders(out.Header)
-	out.Header.Del(util.HeaderID)
-	if c.cfg.tokenPath != "" {
-		token, err := os.ReadFile(c.cfg.tokenPath)
+	out, err := c.targetRequest(scrapeCtx, req, timeout)
+	if err == nil {
+		resp, err = c.targetClient.Do(out)
 		if err != nil {
-			return nil, fmt.Errorf("reading bearer token: %w", err)
+			err = fmt.Errorf("scraping target: %w", err)
 		}
-		out.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
 	}
-	return out, nil
+	if err == nil {
+		err = checkAnswerHead(resp, req.Header.Get(util.HeaderID))
+		if err != nil {
+			resp.Body.Close()
+		}
+	}
+	if err != nil {
+		cancel()
+		// Not under scrapeCtx: when its deadline is what failed the scrape,
+		// sending under it would fail too and the reason would be lost.
+		return c.errorAnswer(ctx, req, err)
+	}
+	// The answer is sent under the scrape's deadline.
+	resp.Request = resp.Request.WithContext(scrapeCtx)
+	return resp, func() {
+		resp.Body.Close()
+		cancel()
+	}
 }
 
-// checkRedirect lets the target client follow a redirect only to a URL the
-// proxy could have asked for itself (the same host, --allow-port,
-// --scrape.allow) and, with --token-path, only over HTTPS. Otherwise a
-// target, or a proxy using a target's open redirect, could lead the client
-// and its bearer token past those rules.
-func (c config) checkRedirect(req *http.Request, via []*http.Request) error {
-	if len(via) >= 10 {
-		return fmt.Errorf("stopped after %d redirects", len(via))
-	}
-	u := req.URL
-	port := portOr(u.Port(), u.Scheme)
-	switch {
-	case u.Scheme != "http" && u.Scheme != "https", c.tokenPath != "" && u.Scheme != "https":
-		return fmt.Errorf("redirect refused: scheme %q", u.Scheme)
-	case !sameHost(u.Hostname(), via[0].URL.Hostname()):
-		return fmt.Errorf("redirect refused: host %q is not the target's, %q", u.Hostname(), via[0].URL.Hostname())
-	case c.allowPort != "*" && port != c.allowPort:
-		return fmt.Errorf("redirect refused: port %s is not allowed, only %s", port, c.allowPort)
-	}
-	return c.security.scrapeAllow.check(u.Hostname(), port, u.Path)
+// errorAnswer is the answer to a scrape that was refused or failed: a 500
+// whose body is the reason, to be sent within the refuse timeout.
+func (c *client) errorAnswer(ctx context.Context, req *http.Request, reason error) (*http.Response, func()) {
+	c.metrics.scrapeErrors.Inc()
+	level.Warn(scrapeLogger(c.logger, req)).Log("msg", "scrape failed", "err", reason)
+	sendCtx, cancel := context.WithTimeout(ctx, cmp.Or(c.cfg.refuseTimeout, defaultRefuseTimeout))
+	resp := util.ErrorAnswer(reason)
+	resp.Request = req.WithContext(sendCtx)
+	return resp, cancel
 }
 
-// sameHost compares host names as DNS does: case-insensitively, ignoring a
-// trailing dot.
-func sameHost(a, b string) bool {
-	return normalizeHost(a) == normalizeHost(b)
+// scrapeLogger is logger with the scrape's Id and URL.
+func scrapeLogger(logger log.Logger, req *http.Request) log.Logger {
+	return log.With(logger, "scrape_id", req.Header.Get(util.HeaderID), "url", req.URL.Redacted())
 }
 
-// portOr returns port, or the default port of scheme when port is empty.
-func portOr(port, scheme string) string {
-	if port != "" {
-		return port
+// checkAnswerHead refuses a target answer whose head the proxy could not
+// read: one larger than util.MaxAnswerHead once encoded.
+func checkAnswerHead(resp *http.Response, id string) error {
+	header := util.AnswerHeader(resp.Header, id, time.Hour, true, resp.ContentLength)
+	if size := len(util.EncodeAnswerHead(resp.StatusCode, resp.Status, header)); size > util.MaxAnswerHead {
+		return fmt.Errorf("target answer head of %d bytes is larger than the %d bytes a proxy reads", size, util.MaxAnswerHead)
 	}
-	return map[string]string{"http": "80", "https": "443"}[scheme]
+	return nil
 }
 
-// push sends a target's answer to the proxy as the body of a /push: its
-// status and headers, tagged with the scrape's Id and the seconds left of
-// its timeout, then its body, streamed as it arrives. When the target gave
-// a length, so does the push; otherwise the push is chunked and the answer's
-// body ends with it.
-func (c *client) push(ctx context.Context, up *upstream, id string, resp *http.Response) error {
-	length := resp.ContentLength
+// answerHead encodes the head of resp as the answer to scrape id: its
+// status and headers, tagged with the Id and the seconds left until the
+// deadline of resp.Request's context, if any. It also returns the length of
+// the body that follows, or -1 when unknown: then the answer's body ends
+// with its carrier's (the push body, or the tunnel stream).
+func answerHead(resp *http.Response, id string) (head []byte, length int64) {
+	length = resp.ContentLength
 	if resp.Body == nil || resp.Body == http.NoBody {
 		length = 0
 	}
-	// Without a length, the answer's body ends with the push body, as
-	// HTTP/1.1 allows; no Connection header is needed for that, and one
-	// would reach Prometheus through proxies that copy headers as they are.
-	deadline, hasDeadline := ctx.Deadline()
+	var deadline time.Time
+	hasDeadline := false
+	if resp.Request != nil {
+		deadline, hasDeadline = resp.Request.Context().Deadline()
+	}
+	// Without a length no Connection header is needed: one would reach
+	// Prometheus through proxies that copy headers as they are.
 	header := util.AnswerHeader(resp.Header, id, time.Until(deadline), hasDeadline, length)
-	head := util.EncodeAnswerHead(resp.StatusCode, resp.Status, header)
-	var body io.Reader = bytes.NewReader(head)
-	if length != 0 {
-		body = io.MultiReader(body, resp.Body)
+	return util.EncodeAnswerHead(resp.StatusCode, resp.Status, header), length
+}
+
+// answerBody returns the body that follows the head of an answer of the
+// given length.
+func answerBody(resp *http.Response, length int64) io.Reader {
+	if length == 0 || resp.Body == nil {
+		return http.NoBody
 	}
-	pushURL := util.ResolveProxyPath(up.url, util.PushPath)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, pushURL.String(), body)
-	if err != nil {
+	return resp.Body
+}
+
+// errAnswerShort says a target's body ended before the length it gave.
+var errAnswerShort = errors.New("target answer shorter than its Content-Length")
+
+// writeAnswer writes resp to w as the answer to scrape id, in the wire
+// form: its head (with the body's length when known), then its body. A
+// body that is shorter than the length it gave is an error; one that is
+// longer is cut at the length.
+func writeAnswer(w io.Writer, resp *http.Response, id string) error {
+	head, length := answerHead(resp, id)
+	if _, err := w.Write(head); err != nil {
 		return err
 	}
-	req.ContentLength = -1
-	if length >= 0 {
-		req.ContentLength = int64(len(head)) + length
-	}
-	res, err := up.http.Do(req)
-	if err != nil {
+	body := answerBody(resp, length)
+	if length < 0 {
+		_, err := io.Copy(w, body)
 		return err
 	}
-	defer res.Body.Close()
-	reason, _ := io.ReadAll(io.LimitReader(res.Body, 512))
-	if res.StatusCode != http.StatusOK {
-		return fmt.Errorf("push answered %s: %s", res.Status, firstLine(reason))
+	n, err := io.Copy(w, io.LimitReader(body, length))
+	if err == nil && n < length {
+		err = errAnswerShort
 	}
-	return nil
+	return err
 }

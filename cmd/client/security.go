@@ -1,16 +1,10 @@
 package main
 
 import (
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"net/http"
-	"os"
-	"strings"
 
 	"github.com/alecthomas/kingpin/v2"
-	"github.com/go-kit/log"
-	"github.com/go-kit/log/level"
 	"github.com/prometheus/exporter-toolkit/web"
 
 	"github.com/rancher/pushprox/util"
@@ -77,69 +71,17 @@ func (c config) validateSecurity() error {
 	if (s.scrapeCertFile == "") != (s.scrapeKeyFile == "") {
 		return errors.New("--scrape.tls.cert and --scrape.tls.key must be given together")
 	}
-	if err := web.Validate(s.webConfigFile); err != nil {
-		return fmt.Errorf("--web.config.file: %w", util.OneLine(err))
+	if err := validateWebConfig(s.webConfigFile); err != nil {
+		return fmt.Errorf("--web.config.file: %w", err)
 	}
 	return nil
 }
 
-// newTransports returns the transport towards the proxies, which adds the
-// proxy credentials, and the one towards the targets, each with its own TLS
-// settings.
-func newTransports(cfg config, logger log.Logger) (toProxy http.RoundTripper, toTarget *http.Transport, err error) {
-	for _, u := range cfg.proxyURLs {
-		if u.Scheme == "http" && (u.User != nil || cfg.security.proxyUsername != "") {
-			level.Warn(logger).Log("msg", "proxy credentials cross the network in clear text: use an https proxy URL", "proxy", u.Redacted())
-		}
+// validateWebConfig checks the metrics listener's web config file as the
+// exporter toolkit reads it.
+func validateWebConfig(path string) error {
+	if err := web.Validate(path); err != nil {
+		return util.OneLine(err)
 	}
-	proxyTLS, err := newTLSConfig(cfg.caFile, cfg.certFile, cfg.keyFile, cfg.insecureSkipVerify)
-	if err != nil {
-		return nil, nil, err
-	}
-	var targetTLS *tls.Config
-	if s := cfg.security; s.separateScrapeTLS() {
-		targetTLS, err = newTLSConfig(s.scrapeCAFile, s.scrapeCertFile, s.scrapeKeyFile, s.scrapeInsecureSkipVerify)
-		if err != nil {
-			return nil, nil, fmt.Errorf("--scrape.tls.*: %w", err)
-		}
-	} else {
-		targetTLS = proxyTLS.Clone()
-	}
-	proxyTransport := newTransport(proxyTLS)
-	toProxy = proxyTransport
-	if cfg.security.proxyUsername != "" {
-		toProxy = &basicAuthTransport{next: proxyTransport, username: cfg.security.proxyUsername, passwordFile: cfg.security.proxyPasswordFile}
-	}
-	return toProxy, newTransport(targetTLS), nil
-}
-
-// basicAuthTransport authenticates each request to the proxy with the
-// --proxy.username and the password in --proxy.password-file. Credentials
-// in a --proxy-url need no transport: net/http sends them itself.
-type basicAuthTransport struct {
-	next         *http.Transport
-	username     string
-	passwordFile string
-}
-
-// RoundTrip implements http.RoundTripper.
-func (t *basicAuthTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	// The file is read each time, so that a rotated password is used at
-	// once; it is small and requests are few.
-	password, err := os.ReadFile(t.passwordFile)
-	if err != nil {
-		if req.Body != nil {
-			req.Body.Close()
-		}
-		return nil, fmt.Errorf("reading --proxy.password-file: %w", err)
-	}
-	req = req.Clone(req.Context())
-	req.SetBasicAuth(t.username, strings.TrimSpace(string(password)))
-	return t.next.RoundTrip(req)
-}
-
-// CloseIdleConnections lets http.Client.CloseIdleConnections reach the
-// wrapped transport.
-func (t *basicAuthTransport) CloseIdleConnections() {
-	t.next.CloseIdleConnections()
+	return nil
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -14,164 +13,17 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
-	"github.com/google/uuid"
-	"golang.org/x/crypto/bcrypt"
-
 	"github.com/rancher/pushprox/internal/testpki"
-	"github.com/rancher/pushprox/util"
+	"golang.org/x/crypto/bcrypt"
 )
 
-// secSeen is one request as the TLS fake proxy saw it.
-type secSeen struct {
-	path          string
-	authorization string
-	clientCert    *x509.Certificate // nil when none was presented
-}
-
-// secAnswer is a scripted answer to a poll.
-type secAnswer struct {
-	status int
-	close  bool   // ask the client to close the connection
-	body   []byte // a scrape request, for status 200
-}
-
-// secPush is a push the TLS fake proxy received.
-type secPush struct {
-	id     string
-	status int
-	body   string
-}
-
-// secFakeProxy is a fake proxy over TLS on loopback that verifies client
-// certificates when given and records every request's credentials.
-type secFakeProxy struct {
-	url     *url.URL
-	caFile  string
-	ca      *testpki.CA
-	answers chan secAnswer
-	seen    chan secSeen
-	pushes  chan secPush
-}
-
-func startSecFakeProxy(t *testing.T) *secFakeProxy {
-	t.Helper()
-	return startSecFakeProxyOfCA(t, testpki.NewCA(t, "proxy CA"))
-}
-
-// startSecFakeProxyOfCA is startSecFakeProxy with a certificate of ca.
-func startSecFakeProxyOfCA(t *testing.T, ca *testpki.CA) *secFakeProxy {
-	t.Helper()
-	dir := t.TempDir()
-	fp := &secFakeProxy{
-		ca:      ca,
-		caFile:  testpki.WriteFile(t, dir, "proxy-ca.crt", ca.PEM),
-		answers: make(chan secAnswer, 16),
-		seen:    make(chan secSeen, 256),
-		pushes:  make(chan secPush, 16),
-	}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s := secSeen{path: r.URL.Path, authorization: r.Header.Get("Authorization")}
-		if len(r.TLS.PeerCertificates) > 0 {
-			s.clientCert = r.TLS.PeerCertificates[0]
-		}
-		select {
-		case fp.seen <- s:
-		default: // Tests read the first requests only.
-		}
-		switch {
-		case strings.HasSuffix(r.URL.Path, "/poll"):
-			_, _ = io.Copy(io.Discard, r.Body)
-			select {
-			case a := <-fp.answers:
-				if a.close {
-					w.Header().Set("Connection", "close")
-				}
-				w.WriteHeader(a.status)
-				_, _ = w.Write(a.body)
-			case <-r.Context().Done():
-			}
-		case strings.HasSuffix(r.URL.Path, "/push"):
-			resp, err := http.ReadResponse(bufio.NewReader(r.Body), nil)
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusBadRequest)
-				return
-			}
-			body, _ := io.ReadAll(resp.Body)
-			fp.pushes <- secPush{id: resp.Header.Get(util.HeaderID), status: resp.StatusCode, body: string(body)}
-		default:
-			http.NotFound(w, r)
-		}
-	}))
-	srv.TLS = &tls.Config{
-		Certificates: []tls.Certificate{ca.Server(t).TLSCertificate(t)},
-		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    ca.Pool(),
-	}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	u, err := url.Parse(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fp.url = u
-	return fp
-}
-
-// scrape hands the client a scrape of target and returns its Id.
-func (fp *secFakeProxy) scrape(t *testing.T, target string) string {
-	t.Helper()
-	id := uuid.NewString()
-	fp.answers <- secAnswer{status: http.StatusOK, body: scrapeRequest(t, target, id, nil)}
-	return id
-}
-
-// nextSeen waits for the next request to the fake proxy.
-func (fp *secFakeProxy) nextSeen(t *testing.T) secSeen {
-	t.Helper()
-	select {
-	case s := <-fp.seen:
-		return s
-	case <-time.After(waitLimit):
-		t.Fatalf("no request to the proxy within %s", waitLimit)
-		return secSeen{}
-	}
-}
-
-// nextPush waits for the push of scrape id.
-func (fp *secFakeProxy) nextPush(t *testing.T, id string) secPush {
-	t.Helper()
-	select {
-	case p := <-fp.pushes:
-		if p.id != id {
-			t.Fatalf("push for %q, want %q", p.id, id)
-		}
-		return p
-	case <-time.After(waitLimit):
-		t.Fatalf("no push within %s", waitLimit)
-		return secPush{}
-	}
-}
-
-// secParse parses client flags into a config, failing the test on error.
-func secParse(t *testing.T, args ...string) config {
-	t.Helper()
-	var out bytes.Buffer
-	cfg, err := parseFlags(append([]string{"--metrics-addr=127.0.0.1:0", "--proxy.retry.initial-wait=10ms", "--proxy.retry.max-wait=50ms"}, args...), &out)
-	if err != nil || cfg == nil {
-		t.Fatalf("parseFlags(%q): %v %s", args, err, out.String())
-	}
-	return *cfg
-}
-
-// secTarget is an HTTPS target with a certificate of ca that asks for
+// tlsTarget is an HTTPS target with a certificate of ca that asks for
 // client certificates and reports the one it got.
-func secTarget(t *testing.T, ca *testpki.CA) (*httptest.Server, chan *x509.Certificate) {
+func tlsTarget(t *testing.T, ca *testpki.CA) (*httptest.Server, chan *x509.Certificate) {
 	t.Helper()
 	certs := make(chan *x509.Certificate, 16)
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -199,8 +51,8 @@ func TestTargetTLSIsSeparateFromProxyTLS(t *testing.T) {
 	targetCAFile := testpki.WriteFile(t, dir, "target-ca.crt", targetCA.PEM)
 	scrapeCertFile, scrapeKeyFile := targetCA.Client(t, "scrape-client").WriteFiles(t, dir, "scrape-client")
 	// Targets whose certificates come from the proxy's CA or their own.
-	proxyCATarget, proxyCATargetCerts := secTarget(t, proxyCA)
-	ownCATarget, ownCATargetCerts := secTarget(t, targetCA)
+	proxyCATarget, proxyCATargetCerts := tlsTarget(t, proxyCA)
+	ownCATarget, ownCATargetCerts := tlsTarget(t, targetCA)
 
 	for _, tc := range []struct {
 		name     string
@@ -221,14 +73,14 @@ func TestTargetTLSIsSeparateFromProxyTLS(t *testing.T) {
 			// A proxy of its own: a poll of the previous subtest's client,
 			// which the fake proxy may not have seen end yet, must not take
 			// this scrape.
-			fp := startSecFakeProxyOfCA(t, proxyCA)
-			cfg := secParse(t, append([]string{"--fqdn=127.0.0.1", "--proxy-url=" + fp.url.String(),
+			fp := startTLSFakeProxy(t, proxyCA)
+			cfg := parseTestFlags(t, append([]string{"--fqdn=127.0.0.1", "--proxy-url=" + fp.url(t).String(),
 				"--tls.cacert=" + fp.caFile, "--tls.cert=" + proxyCertFile, "--tls.key=" + proxyKeyFile}, tc.args...)...)
 			startClient(t, cfg)
-			id := fp.scrape(t, "http://127.0.0.1:"+port(t, tc.target)+"/metrics?_scheme=https")
-			push := fp.nextPush(t, id)
+			id := fp.queueScrape(t, "http://127.0.0.1:"+port(t, tc.target)+"/metrics?_scheme=https", nil)
+			push := fp.pushOf(t, id)
 			if tc.wantErr != "" {
-				if push.status != http.StatusInternalServerError || !strings.Contains(push.body, tc.wantErr) {
+				if push.status != http.StatusInternalServerError || !strings.Contains(string(push.body), tc.wantErr) {
 					t.Errorf("pushed %d %q, want 500 with %q", push.status, push.body, tc.wantErr)
 				}
 				return
@@ -271,19 +123,11 @@ func TestProxyCredentials(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fp := startSecFakeProxy(t)
-			cfg := secParse(t, append([]string{"--fqdn=127.0.0.1", "--tls.cacert=" + fp.caFile}, tc.args(*fp.url)...)...)
+			fp := startTLSFakeProxy(t, nil)
+			cfg := parseTestFlags(t, append([]string{"--fqdn=127.0.0.1", "--tls.cacert=" + fp.caFile}, tc.args(*fp.url(t))...)...)
 			startClient(t, cfg)
 			target := startTarget(t, false, func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "up 1\n") })
-			got := fp.nextSeen(t)
-			if got.path == "/tunnel" {
-				// The tunnel request the proxy refused carries them too.
-				if got.authorization != tc.want {
-					t.Errorf("tunnel request carried Authorization %q, want %q", got.authorization, tc.want)
-				}
-				got = fp.nextSeen(t)
-			}
-			if got.path != "/poll" || got.authorization != tc.want {
+			if got := fp.nextRequest(t); got.path != "/poll" || got.authorization != tc.want {
 				t.Errorf("poll to %s carried Authorization %q, want %q", got.path, got.authorization, tc.want)
 			}
 			want := tc.want
@@ -291,11 +135,11 @@ func TestProxyCredentials(t *testing.T) {
 				testpki.WriteFile(t, dir, "password", []byte(tc.rotate+"\n"))
 				want = basic("alice", tc.rotate)
 			}
-			id := fp.scrape(t, target.URL+"/metrics")
+			id := fp.queueScrape(t, target.URL+"/metrics", nil)
 			// The client polls again while it scrapes; every request until
 			// the push must carry the current password.
 			for {
-				got := fp.nextSeen(t)
+				got := fp.nextRequest(t)
 				if got.authorization != want {
 					t.Errorf("%s carried Authorization %q, want %q", got.path, got.authorization, want)
 				}
@@ -303,107 +147,31 @@ func TestProxyCredentials(t *testing.T) {
 					break
 				}
 			}
-			fp.nextPush(t, id)
+			fp.pushOf(t, id)
 		})
 	}
 }
 
 func TestClientCertificateRotationNeedsNoRestart(t *testing.T) {
-	fp := startSecFakeProxy(t)
+	fp := startTLSFakeProxy(t, nil)
 	dir := t.TempDir()
 	first := fp.ca.Client(t, "node1")
 	certFile, keyFile := first.WriteFiles(t, dir, "client")
-	cfg := secParse(t, "--fqdn=127.0.0.1", "--proxy-url="+fp.url.String(),
+	cfg := parseTestFlags(t, "--fqdn=127.0.0.1", "--proxy-url="+fp.url(t).String(),
 		"--tls.cacert="+fp.caFile, "--tls.cert="+certFile, "--tls.key="+keyFile)
 	startClient(t, cfg)
 
-	if got := fp.nextSeen(t).clientCert; got == nil || got.SerialNumber.Cmp(first.Cert.SerialNumber) != 0 {
+	if got := fp.nextRequest(t).clientCert; got == nil || got.SerialNumber.Cmp(first.Cert.SerialNumber) != 0 {
 		t.Fatalf("first poll presented %v, want the first certificate", got)
 	}
 	renewed := fp.ca.Client(t, "node1")
 	renewed.WriteFiles(t, dir, "client")
 	// An empty answer that closes the connection makes the next poll
 	// handshake again.
-	fp.answers <- secAnswer{status: http.StatusNoContent, close: true}
-	if got := fp.nextSeen(t).clientCert; got == nil || got.SerialNumber.Cmp(renewed.Cert.SerialNumber) != 0 {
+	fp.answer(http.StatusNoContent, http.Header{"Connection": {"close"}}, "")
+	if got := fp.nextRequest(t).clientCert; got == nil || got.SerialNumber.Cmp(renewed.Cert.SerialNumber) != 0 {
 		t.Errorf("poll after renewal presented %v, want the renewed certificate", got)
 	}
-}
-
-func TestScrapeAllowList(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		rules []string
-		host  string
-		port  string
-		path  string
-		allow bool
-	}{
-		{name: "no rules allow everything", host: "node1", port: "22", path: "/", allow: true},
-		{name: "exact", rules: []string{"node1:9100/metrics"}, host: "node1", port: "9100", path: "/metrics", allow: true},
-		{name: "host case and root dot", rules: []string{"Node1.:9100/metrics"}, host: "NODE1", port: "9100", path: "/metrics", allow: true},
-		{name: "any host", rules: []string{"*:9100/metrics"}, host: "127.0.0.1", port: "9100", path: "/metrics", allow: true},
-		{name: "port glob", rules: []string{"*:91*/metrics"}, host: "node1", port: "9182", path: "/metrics", allow: true},
-		{name: "second rule", rules: []string{"*:9100/metrics", "*:9115/probe"}, host: "node1", port: "9115", path: "/probe", allow: true},
-		{name: "IPv6 host", rules: []string{"[::1]:9100/metrics"}, host: "::1", port: "9100", path: "/metrics", allow: true},
-		{name: "empty path is /", rules: []string{"*:80/"}, host: "node1", port: "80", path: "", allow: true},
-		{name: "other port", rules: []string{"*:9100/metrics"}, host: "node1", port: "22", path: "/metrics"},
-		{name: "other path", rules: []string{"*:9100/metrics"}, host: "node1", port: "9100", path: "/debug/pprof"},
-		{name: "other host", rules: []string{"node1:9100/metrics"}, host: "node2", port: "9100", path: "/metrics"},
-		{name: "star stays within a segment", rules: []string{"*:9100/*"}, host: "node1", port: "9100", path: "/debug/pprof"},
-		{name: "dot segments", rules: []string{"*:9100/metrics/*"}, host: "node1", port: "9100", path: "/metrics/../admin"},
-		{name: "double slash", rules: []string{"*:9100/*"}, host: "node1", port: "9100", path: "//admin"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var list allowList
-			for _, rule := range tc.rules {
-				if err := list.Set(rule); err != nil {
-					t.Fatal(err)
-				}
-			}
-			err := list.check(tc.host, tc.port, tc.path)
-			if tc.allow && err != nil {
-				t.Errorf("refused: %v", err)
-			}
-			if !tc.allow && (err == nil || !strings.Contains(err.Error(), "scrape refused")) {
-				t.Errorf("got %v, want a refusal", err)
-			}
-		})
-	}
-}
-
-func TestDisallowedTargetIsRefusedWithTheReason(t *testing.T) {
-	fp := startSecFakeProxy(t)
-	allowed, allowedSeen := recordingTarget(t, false, http.StatusOK, "up 1\n")
-	other, otherSeen := recordingTarget(t, false, http.StatusOK, "secret 1\n")
-	allowedPort, otherPort := port(t, allowed), port(t, other)
-	cfg := secParse(t, "--fqdn=127.0.0.1", "--proxy-url="+fp.url.String(), "--tls.cacert="+fp.caFile,
-		"--scrape.allow=127.0.0.1:"+allowedPort+"/metrics")
-	startClient(t, cfg)
-
-	for _, tc := range []struct {
-		name   string
-		target string
-		status int
-		want   string
-	}{
-		{name: "allowed", target: "http://127.0.0.1:" + allowedPort + "/metrics", status: http.StatusOK, want: "up 1"},
-		{name: "other path", target: "http://127.0.0.1:" + allowedPort + "/debug/pprof/heap", status: http.StatusInternalServerError,
-			want: "scrape refused: target 127.0.0.1:" + allowedPort + "/debug/pprof/heap is not allowed by --scrape.allow"},
-		{name: "other port", target: "http://127.0.0.1:" + otherPort + "/metrics", status: http.StatusInternalServerError,
-			want: "scrape refused: target 127.0.0.1:" + otherPort + "/metrics is not allowed by --scrape.allow"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			id := fp.scrape(t, tc.target)
-			push := fp.nextPush(t, id)
-			if push.status != tc.status || !strings.Contains(push.body, tc.want) {
-				t.Errorf("pushed %d %q, want %d with %q", push.status, push.body, tc.status, tc.want)
-			}
-		})
-	}
-	received(t, allowedSeen)
-	neverContacted(t, allowedSeen)
-	neverContacted(t, otherSeen)
 }
 
 func TestSecurityFlags(t *testing.T) {
@@ -448,7 +216,7 @@ func TestSecurityFlags(t *testing.T) {
 			{args: []string{"--scrape.tls.cacert=" + passwordFile}, want: true},
 			{args: []string{"--no-scrape.tls.insecure-skip-verify"}, want: true},
 		} {
-			if got := secParse(t, append(base, tc.args...)...).security.separateScrapeTLS(); got != tc.want {
+			if got := parseTestFlags(t, append(base, tc.args...)...).security.separateScrapeTLS(); got != tc.want {
 				t.Errorf("%q: separate = %v, want %v", tc.args, got, tc.want)
 			}
 		}
@@ -466,7 +234,7 @@ func TestMetricsListenerTakesWebConfig(t *testing.T) {
 	webConfig := testpki.WriteFile(t, dir, "web.yml", []byte(fmt.Sprintf(
 		"tls_server_config:\n  cert_file: %s\n  key_file: %s\nbasic_auth_users:\n  prometheus: %s\n", certFile, keyFile, hash)))
 
-	var logs secLogBuffer
+	var logs syncBuffer
 	logger := log.NewLogfmtLogger(&logs)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -518,24 +286,6 @@ func TestMetricsListenerTakesWebConfig(t *testing.T) {
 	}
 }
 
-// secLogBuffer collects log output written from other goroutines.
-type secLogBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer // guarded by mu
-}
-
-func (b *secLogBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *secLogBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestSlogRecordsReachTheGoKitLogger(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -551,7 +301,7 @@ func TestSlogRecordsReachTheGoKitLogger(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer
 			logger := level.NewFilter(log.NewLogfmtLogger(&out), level.AllowInfo())
-			tc.log(slog.New(&slogHandler{logger: logger}))
+			tc.log(slogLogger(logger))
 			if out.String() != tc.want {
 				t.Errorf("logged %q, want %q", out.String(), tc.want)
 			}

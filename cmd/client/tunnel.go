@@ -17,12 +17,10 @@ import (
 	"github.com/rancher/pushprox/util"
 )
 
-// Values of --proxy.transport.
-const (
-	transportAuto   = "auto"
-	transportTunnel = "tunnel"
-	transportPoll   = "poll"
-)
+// transportAuto, as --proxy.transport, uses a tunnel where the proxy
+// offers one and polls otherwise; transportTunnel and transportPoll name
+// the two transports.
+const transportAuto = "auto"
 
 const (
 	// tunnelHandshakeTimeout bounds the tunnel request: a load balancer
@@ -53,23 +51,25 @@ var errTunnelRefused = errors.New("proxy does not offer a tunnel")
 // serveUpstream serves one proxy on the configured transport until ctx
 // ends: a tunnel, reconnected at once when cut; polls instead while the
 // proxy refuses tunnels in auto mode.
-func (c *client) serveUpstream(ctx context.Context, up *upstream) {
+func (c *client) serveUpstream(ctx, scrapeCtx context.Context, up *upstream) {
 	if c.cfg.transport == transportPoll {
-		c.pollLoop(ctx, up)
+		c.metrics.setTransport(transportPoll)
+		c.pollLoop(ctx, scrapeCtx, up)
 		return
 	}
 	logger := log.With(c.logger, "proxy", up.String())
 	retry := newBackoff(c.cfg.retryInitialWait, c.cfg.retryMaxWait)
 	for ctx.Err() == nil {
 		start := time.Now()
-		err := c.runTunnel(ctx, up, logger)
+		err := c.runTunnel(ctx, scrapeCtx, up, logger)
 		if ctx.Err() != nil {
 			return
 		}
 		if errors.Is(err, errTunnelRefused) && c.cfg.transport == transportAuto {
 			level.Info(logger).Log("msg", "proxy offers no tunnel, polling instead", "retry_tunnel_in", tunnelRetryInterval, "err", err)
+			c.metrics.setTransport(transportPoll)
 			pollCtx, cancel := context.WithTimeout(ctx, tunnelRetryInterval)
-			c.pollLoop(pollCtx, up)
+			c.pollLoop(pollCtx, scrapeCtx, up)
 			cancel()
 			continue
 		}
@@ -91,7 +91,7 @@ func (c *client) serveUpstream(ctx context.Context, up *upstream) {
 // runTunnel opens a tunnel to a proxy and serves the scrapes it carries
 // until it ends. When ctx ends, the proxy is told to open no more streams
 // and the scrapes on the tunnel finish first.
-func (c *client) runTunnel(ctx context.Context, up *upstream, logger log.Logger) error {
+func (c *client) runTunnel(ctx, scrapeCtx context.Context, up *upstream, logger log.Logger) error {
 	tunnelURL := util.ResolveProxyPath(up.url, util.TunnelPath)
 	req, accept, err := util.NewTunnelRequest(tunnelURL.String(), c.cfg.fqdn, c.labels, c.cfg.maxConcurrentScrapes)
 	if err != nil {
@@ -129,6 +129,7 @@ func (c *client) runTunnel(ctx context.Context, up *upstream, logger log.Logger)
 	}
 	defer session.Close()
 	level.Info(logger).Log("msg", "tunnel open")
+	c.metrics.setTransport(transportTunnel)
 	c.connected.Add(1)
 	defer c.connected.Add(-1)
 
@@ -166,7 +167,7 @@ func (c *client) runTunnel(ctx context.Context, up *upstream, logger log.Logger)
 			defer c.scrapes.Done()
 			defer streams.Done()
 			defer func() { <-c.slots }()
-			c.serveStream(context.WithoutCancel(ctx), stream)
+			c.serveStream(scrapeCtx, stream)
 		}()
 	}
 }
@@ -186,58 +187,25 @@ func (c *client) serveStream(ctx context.Context, stream *yamux.Stream) {
 		c.serveConnect(ctx, stream, reader, req)
 		return
 	}
-	id := req.Header.Get(util.HeaderID)
-	logger := log.With(c.logger, "scrape_id", id, "url", req.URL.Redacted())
-	timeout, err := util.HeaderTimeout(req.Header, util.HeaderScrapeTimeoutSeconds)
+	taken := time.Now()
+	defer func() { c.metrics.scrapeDuration.Observe(time.Since(taken).Seconds()) }()
+	resp, done := c.answer(ctx, req)
+	defer done()
+	if deadline, ok := resp.Request.Context().Deadline(); ok {
+		_ = stream.SetWriteDeadline(deadline)
+	}
+	logger := scrapeLogger(c.logger, req)
+	// One buffer for head and body, so that a small answer leaves in one
+	// tunnel frame.
+	out := bufio.NewWriterSize(stream, answerBufferSize)
+	err = writeAnswer(out, resp, req.Header.Get(util.HeaderID))
+	if err == nil {
+		err = out.Flush()
+	}
 	if err != nil {
-		c.writeError(stream, id, time.Now().Add(refuseTimeout), logger, err)
-		return
-	}
-	deadline := time.Now().Add(timeout)
-	_ = stream.SetDeadline(deadline)
-	scrapeCtx, cancel := context.WithTimeout(ctx, util.TargetTimeout(timeout))
-	defer cancel()
-	resp, err := c.scrapeTarget(scrapeCtx, req)
-	if err != nil {
-		c.writeError(stream, id, deadline, logger, err)
-		return
-	}
-	defer resp.Body.Close()
-	if err := writeAnswer(stream, id, deadline, resp); err != nil {
 		c.metrics.pushErrors.Inc()
-		level.Warn(logger).Log("msg", "answering on tunnel failed", "err", err)
+		level.Warn(logger).Log("msg", "answering on tunnel failed", "status", resp.StatusCode, "err", err)
 		return
 	}
-	level.Debug(logger).Log("msg", "scraped", "status", resp.StatusCode)
-}
-
-// writeError answers a scrape that failed with a 500 giving the reason.
-func (c *client) writeError(w io.Writer, id string, deadline time.Time, logger log.Logger, reason error) {
-	c.metrics.scrapeErrors.Inc()
-	level.Warn(logger).Log("msg", "scrape failed", "err", reason)
-	if err := writeAnswer(w, id, deadline, util.ErrorAnswer(reason)); err != nil {
-		c.metrics.pushErrors.Inc()
-		level.Warn(logger).Log("msg", "answering on tunnel failed", "err", err)
-	}
-}
-
-// writeAnswer writes a target's answer to scrape id in the wire format:
-// its head, with its length when known, then its body. Without a length,
-// the body ends where the stream does.
-func writeAnswer(w io.Writer, id string, deadline time.Time, resp *http.Response) error {
-	length := resp.ContentLength
-	if resp.Body == nil || resp.Body == http.NoBody {
-		length = 0
-	}
-	header := util.AnswerHeader(resp.Header, id, time.Until(deadline), true, length)
-	out := bufio.NewWriterSize(w, answerBufferSize)
-	if _, err := out.Write(util.EncodeAnswerHead(resp.StatusCode, resp.Status, header)); err != nil {
-		return err
-	}
-	if length != 0 {
-		if _, err := out.ReadFrom(resp.Body); err != nil {
-			return err
-		}
-	}
-	return out.Flush()
+	level.Debug(logger).Log("msg", "scraped", "status", resp.StatusCode, "duration", time.Since(taken))
 }

@@ -30,12 +30,16 @@ func (up *upstream) String() string {
 	return up.url.Redacted() + " at " + up.address
 }
 
+// defaultResolveInterval is how often --proxy.resolve-all resolves a proxy
+// name: replicas that come and go are polled within it.
+const defaultResolveInterval = 30 * time.Second
+
 // resolveLoop polls every address the host of proxyURL resolves to, each
 // with a poll loop and connections of its own, so that every replica behind
 // a name (a Kubernetes headless Service) has a poll parked. The name is
 // resolved again every resolveInterval; loops for addresses that are gone
 // stop, and their scrapes in flight finish.
-func (c *client) resolveLoop(ctx context.Context, proxyURL *url.URL) {
+func (c *client) resolveLoop(ctx, scrapeCtx context.Context, proxyURL *url.URL) {
 	port := portOr(proxyURL.Port(), proxyURL.Scheme)
 	var loops sync.WaitGroup
 	running := map[string]context.CancelFunc{} // by address; owned by this goroutine
@@ -45,7 +49,7 @@ func (c *client) resolveLoop(ctx context.Context, proxyURL *url.URL) {
 		}
 		loops.Wait()
 	}()
-	ticker := time.NewTicker(cmp.Or(c.cfg.resolveInterval, 30*time.Second))
+	ticker := time.NewTicker(cmp.Or(c.cfg.resolveInterval, defaultResolveInterval))
 	defer ticker.Stop()
 	for {
 		hosts, err := c.lookupHost(ctx, proxyURL.Hostname())
@@ -70,12 +74,12 @@ func (c *client) resolveLoop(ctx context.Context, proxyURL *url.URL) {
 				}
 				loopCtx, stop := context.WithCancel(ctx)
 				running[address] = stop
-				up := &upstream{url: proxyURL, http: c.pinnedClient(address), address: address}
+				up := &upstream{url: proxyURL, http: c.newProxyClient(address), address: address}
 				loops.Add(1)
 				go func() {
 					defer loops.Done()
 					defer up.http.CloseIdleConnections()
-					c.serveUpstream(loopCtx, up)
+					c.serveUpstream(loopCtx, scrapeCtx, up)
 				}()
 			}
 		}
@@ -85,30 +89,6 @@ func (c *client) resolveLoop(ctx context.Context, proxyURL *url.URL) {
 			return
 		}
 	}
-}
-
-// pinnedClient returns an HTTP client for the proxies whose connections all
-// go to address. The URL's host still names the proxy in requests and
-// TLS, so certificates are checked against the name.
-func (c *client) pinnedClient(address string) *http.Client {
-	pin := func(t *http.Transport) *http.Transport {
-		pinned := t.Clone()
-		dial := t.DialContext
-		pinned.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return dial(ctx, network, address)
-		}
-		return pinned
-	}
-	var rt http.RoundTripper
-	switch t := c.proxyClient.Transport.(type) {
-	case *basicAuthTransport:
-		auth := *t
-		auth.next = pin(t.next)
-		rt = &auth
-	case *http.Transport:
-		rt = pin(t)
-	}
-	return &http.Client{Transport: rt, CheckRedirect: c.proxyClient.CheckRedirect}
 }
 
 func sortedKeys(set map[string]bool) []string {

@@ -99,24 +99,3 @@ func testResolveAll(t *testing.T, withPassword bool) {
 	replicas[1].expectPush(t, id, http.StatusOK, "up 1")
 	replicas[0].noMorePushes(t)
 }
-
-func TestProxyAnsweringNoWorkAtOncePacesPolls(t *testing.T) {
-	fp := startFakeProxy(t)
-	const empty = 5
-	for i := 0; i < empty; i++ {
-		fp.answer(http.StatusNoContent, nil, "")
-	}
-	cfg := testConfig(fp.url(t), "127.0.0.1")
-	cfg.retryInitialWait = 40 * time.Millisecond
-	cfg.retryMaxWait = 40 * time.Millisecond
-	startClient(t, cfg)
-	start := time.Now()
-	for i := 0; i <= empty; i++ {
-		fp.nextPoll(t)
-	}
-	// Each instant 204 is followed by a pause of the initial retry wait; a
-	// lower bound only, so a loaded machine cannot make it fail.
-	if elapsed := time.Since(start); elapsed < (empty-1)*cfg.retryInitialWait {
-		t.Errorf("%d polls after instant 204s took %s, want at least %s", empty+1, elapsed, (empty-1)*cfg.retryInitialWait)
-	}
-}

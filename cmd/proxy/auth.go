@@ -32,8 +32,15 @@ const authRealm = `Basic realm="pushprox", charset="UTF-8"`
 // toolkit's bcrypt hash of "fakepassword".
 const unknownUserHash = "$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi"
 
-// maxCachedLogins bounds the remembered successful password checks.
+// maxCachedLogins bounds the remembered password checks, successful and
+// failed each.
 const maxCachedLogins = 1024
+
+// maxConcurrentBcrypt bounds the bcrypt comparisons that run at once: each
+// takes tens of milliseconds of CPU, and a flood of logins must leave CPU
+// for scrapes. A few slots, rather than one, let a correct login through
+// while others are being checked.
+const maxConcurrentBcrypt = 4
 
 // validateSecurity checks the security flags; it reads the web config file.
 func (c config) validateSecurity() error {
@@ -67,21 +74,37 @@ type security struct {
 	logger  log.Logger
 	refused *prometheus.CounterVec
 
-	// bcryptMu lets one bcrypt comparison run at a time, as each takes tens
-	// of milliseconds of CPU; cached logins do not wait for it.
-	bcryptMu sync.Mutex
+	// bcryptSlots bounds the bcrypt comparisons running at once; cached
+	// and shared checks do not take a slot.
+	bcryptSlots chan struct{}
 	// bcryptRuns counts bcrypt comparisons, so tests can see the cache work.
 	bcryptRuns atomic.Int64
 
 	loginsMu sync.Mutex
-	// logins holds digests of user, hash and password of recent successful
-	// checks; guarded by loginsMu.
-	logins map[[sha256.Size]byte]struct{}
+	// logins and failures hold digests of user, hash and password of
+	// recent successful and failed checks; guarded by loginsMu.
+	logins, failures map[[sha256.Size]byte]struct{}
+	// checking holds the checks under way, so that the same credentials
+	// sent many times at once cost one comparison; guarded by loginsMu.
+	checking map[[sha256.Size]byte]*passwordCheck
+}
+
+// passwordCheck is one bcrypt comparison under way; ok is set before done
+// is closed.
+type passwordCheck struct {
+	done chan struct{}
+	ok   bool
 }
 
 // newSecurity reads the web config file named by cfg, if any.
 func newSecurity(cfg config, logger log.Logger, reg prometheus.Registerer) (*security, error) {
-	s := &security{logger: logger, logins: map[[sha256.Size]byte]struct{}{}}
+	s := &security{
+		logger:      logger,
+		bcryptSlots: make(chan struct{}, maxConcurrentBcrypt),
+		logins:      map[[sha256.Size]byte]struct{}{},
+		failures:    map[[sha256.Size]byte]struct{}{},
+		checking:    map[[sha256.Size]byte]*passwordCheck{},
+	}
 	if cfg.webConfigFile == "" {
 		return s, nil
 	}
@@ -198,8 +221,13 @@ func isHealthProbe(r *http.Request) bool {
 }
 
 // checkPassword checks basic credentials against users, whose passwords are
-// bcrypt hashes, and returns the user. Successful checks are remembered, so
-// that bcrypt does not run on every scrape.
+// bcrypt hashes, and returns the user. Checks are remembered, failed ones
+// too, and the same credentials checked at once share one comparison:
+// clients or a Prometheus retrying with a stale password cost one bcrypt,
+// not one per request, and cannot delay a correct login behind them.
+// Different wrong passwords (guessing) still cost one comparison each, at
+// most maxConcurrentBcrypt at once; the web config's rate_limit bounds
+// them further.
 func (s *security) checkPassword(users map[string]config_util.Secret, credentials string) (string, bool) {
 	if credentials == "" {
 		return "", false
@@ -218,24 +246,47 @@ func (s *security) checkPassword(users map[string]config_util.Secret, credential
 		hex.EncodeToString([]byte(user)), hex.EncodeToString([]byte(hash)), hex.EncodeToString([]byte(password)),
 	}, ":")))
 	s.loginsMu.Lock()
-	_, remembered := s.logins[key]
-	s.loginsMu.Unlock()
-	if remembered && known {
+	if _, remembered := s.logins[key]; remembered && known {
+		s.loginsMu.Unlock()
 		return user, true
 	}
-	s.bcryptMu.Lock()
-	s.bcryptRuns.Add(1)
-	err := bcrypt.CompareHashAndPassword([]byte(hash), []byte(password))
-	s.bcryptMu.Unlock()
-	if err != nil || !known {
+	if _, failed := s.failures[key]; failed {
+		s.loginsMu.Unlock()
 		return "", false
 	}
-	s.loginsMu.Lock()
-	if len(s.logins) >= maxCachedLogins {
-		clear(s.logins)
+	if check := s.checking[key]; check != nil {
+		s.loginsMu.Unlock()
+		<-check.done
+		if !check.ok {
+			return "", false
+		}
+		return user, true
 	}
-	s.logins[key] = struct{}{}
+	check := &passwordCheck{done: make(chan struct{})}
+	s.checking[key] = check
 	s.loginsMu.Unlock()
+
+	s.bcryptSlots <- struct{}{}
+	s.bcryptRuns.Add(1)
+	err := bcrypt.CompareHashAndPassword([]byte(hash), []byte(password))
+	<-s.bcryptSlots
+	check.ok = err == nil && known
+
+	s.loginsMu.Lock()
+	delete(s.checking, key)
+	remember := s.failures
+	if check.ok {
+		remember = s.logins
+	}
+	if len(remember) >= maxCachedLogins {
+		clear(remember)
+	}
+	remember[key] = struct{}{}
+	s.loginsMu.Unlock()
+	close(check.done)
+	if !check.ok {
+		return "", false
+	}
 	return user, true
 }
 

@@ -144,6 +144,9 @@ func run(args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// SIGHUP reloads once serving (security.reloadOnSIGHUP); until then it
+	// must not end the proxy.
+	signal.Ignore(syscall.SIGHUP)
 	ln, err := listen(ctx, cfg.listenAddress)
 	if err != nil {
 		level.Error(logger).Log("msg", "cannot listen", "address", cfg.listenAddress, "err", err)
@@ -171,6 +174,7 @@ func serve(ctx context.Context, cfg config, logger log.Logger, reg prometheus.Re
 	if err != nil {
 		return err
 	}
+	defer sec.reloadOnSIGHUP(ctx)()
 	p := newProxy(cfg, logger, reg, gatherer)
 	defer p.close()
 	srv := &http.Server{

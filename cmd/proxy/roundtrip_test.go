@@ -140,8 +140,14 @@ func TestRoundTripThroughRealClient(t *testing.T) {
 				t.Errorf("Id reached the target")
 			}
 			for name := range tc.header {
-				if seen.Get(name) != tc.header.Get(name) {
-					t.Errorf("target saw %s = %q, want %q", name, seen.Get(name), tc.header.Get(name))
+				want := tc.header.Get(name)
+				if name == util.HeaderScrapeTimeoutSeconds {
+					// The target is told the time the client gives it (SPEC §1.8).
+					timeout, _ := util.HeaderTimeout(tc.header, name)
+					want = util.FormatSeconds(util.TargetTimeout(timeout))
+				}
+				if seen.Get(name) != want {
+					t.Errorf("target saw %s = %q, want %q", name, seen.Get(name), want)
 				}
 			}
 		})

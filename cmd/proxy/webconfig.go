@@ -2,10 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
+	"errors"
+	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"sync"
+	"syscall"
 
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
@@ -70,11 +75,15 @@ func openWebConfigFile(path string, logger log.Logger, reg prometheus.Registerer
 }
 
 // parseWebConfig checks a web config file as the exporter toolkit does and
-// returns what it configures.
+// returns what it configures. An empty file is invalid: it is what a
+// reader sees in the middle of a rewrite, never a configuration meant.
 func parseWebConfig(path string, raw []byte) (*webState, error) {
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return nil, errors.New("empty file")
+	}
 	// The toolkit's own check also loads the certificates and checks the
-	// password hashes; it reads the file itself, so its content may be newer
-	// than raw, which is then read again on the next request.
+	// password hashes; it reads the file itself, so callers that reload
+	// check that the file still holds raw afterwards.
 	if err := web.Validate(path); err != nil {
 		return nil, util.OneLine(err)
 	}
@@ -94,9 +103,44 @@ func parseWebConfig(path string, raw []byte) (*webState, error) {
 	return state, nil
 }
 
+// notWeaker says why next would open a door that running keeps shut, if
+// it would: a reload may change users, certificates and CAs, but only a
+// restart may remove basic authentication, client certificate checks or
+// TLS. So a file caught half-written, or edited by mistake, can never let
+// everybody in.
+func notWeaker(running, next *web.Config) error {
+	switch {
+	case running.TLSConfig.IsEnabled() && !next.TLSConfig.IsEnabled():
+		return errors.New("it turns TLS off, which only a restart may do")
+	case len(running.Users) > 0 && len(next.Users) == 0:
+		return errors.New("it removes every basic_auth_users entry, which only a restart may do")
+	}
+	runningRequires, runningVerifies := clientCertChecks(running.TLSConfig.ClientAuth)
+	nextRequires, nextVerifies := clientCertChecks(next.TLSConfig.ClientAuth)
+	if runningRequires && !nextRequires || runningVerifies && !nextVerifies {
+		return fmt.Errorf("it weakens client_auth_type from %q to %q, which only a restart may do", running.TLSConfig.ClientAuth, next.TLSConfig.ClientAuth)
+	}
+	return nil
+}
+
+// clientCertChecks says whether a client_auth_type requires a client
+// certificate, and whether it verifies one that is given.
+func clientCertChecks(clientAuth string) (requires, verifies bool) {
+	switch clientAuth {
+	case "RequireAnyClientCert":
+		return true, false
+	case "VerifyClientCertIfGiven":
+		return false, true
+	case "RequireAndVerifyClientCert":
+		return true, true
+	}
+	return false, false
+}
+
 // current returns what the file configures now. A changed file that is not
-// valid is reported and the previous configuration kept, so that a typo
-// neither locks everybody out nor lets everybody in.
+// valid, or that would be weaker than the running configuration, is
+// reported and the previous configuration kept, so that a typo or a
+// half-written file neither locks everybody out nor lets everybody in.
 func (f *webConfigFile) current() *webState {
 	raw, readErr := os.ReadFile(f.path)
 	f.mu.Lock()
@@ -108,6 +152,14 @@ func (f *webConfigFile) current() *webState {
 	if err == nil {
 		var state *webState
 		state, err = parseWebConfig(f.path, raw)
+		if err == nil {
+			err = notWeaker(f.state.config, state.config)
+		}
+		if again, _ := os.ReadFile(f.path); !bytes.Equal(again, raw) {
+			// Changed while it was checked: what was checked may not be
+			// raw. It is read again on the next request.
+			return f.state
+		}
 		// A bad file is not parsed again until it changes.
 		f.raw = raw
 		if err == nil {
@@ -124,6 +176,37 @@ func (f *webConfigFile) current() *webState {
 		level.Error(f.logger).Log("msg", "web config not reloaded, keeping the previous one", "file", f.path, "err", err)
 	}
 	return f.state
+}
+
+// reloadOnSIGHUP makes SIGHUP re-read the web config file at once, instead
+// of ending the proxy, until ctx ends or the returned stop is called. The
+// file is also re-read whenever it changes; SIGHUP makes the outcome
+// visible in the log and the reload metric without waiting for a request.
+func (s *security) reloadOnSIGHUP(ctx context.Context) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	level.Debug(s.logger).Log("msg", "sighup reloads the web config")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-hup:
+				level.Info(s.logger).Log("msg", "reloading on sighup")
+				if s.file != nil {
+					s.file.current()
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(hup)
+		cancel()
+		<-done
+	}
 }
 
 // tlsConfig returns the TLS settings for one handshake.

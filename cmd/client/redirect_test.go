@@ -6,13 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
-	"time"
-
-	"github.com/google/uuid"
-
-	"github.com/rancher/pushprox/util"
 )
 
 // redirectingTarget answers every request with a redirect to location.
@@ -112,111 +106,20 @@ func TestTargetRedirectsStayWithinTheRules(t *testing.T) {
 	})
 }
 
-// A push of a scrape error is bounded in time: a proxy that never answers
-// it must not hold a scrape slot, nor the client's shutdown, for ever.
-func TestRefusePushIsBounded(t *testing.T) {
-	old := refuseTimeout
-	refuseTimeout = 200 * time.Millisecond
-	t.Cleanup(func() { refuseTimeout = old })
-
-	polls := make(chan struct{}, 1)
-	pushCut := make(chan struct{}, 1)
-	// Unblocks the handlers when the test ends, even if the client hangs.
-	testDone := make(chan struct{})
-	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.ReadAll(r.Body)
-		switch {
-		case strings.HasSuffix(r.URL.Path, "/poll"):
-			select {
-			case polls <- struct{}{}:
-				// A scrape whose timeout header is invalid is refused.
-				w.Write(scrapeRequest(t, "http://127.0.0.1:9/metrics", uuid.NewString(),
-					http.Header{util.HeaderScrapeTimeoutSeconds: {"soon"}}))
-			default:
-				select {
-				case <-r.Context().Done():
-				case <-testDone:
-				}
-			}
-		case strings.HasSuffix(r.URL.Path, "/push"):
-			// Stalled: never answered.
-			select {
-			case <-r.Context().Done():
-				pushCut <- struct{}{}
-			case <-testDone:
-			}
-		}
-	}))
-	t.Cleanup(proxy.Close)
-	proxyURL, err := util.ParseProxyURL(proxy.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	startClient(t, testConfig(proxyURL, "127.0.0.1"))
-	t.Cleanup(func() { close(testDone) })
-	select {
-	case <-pushCut:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the push of a refused scrape was not given up")
-	}
-}
-
-// The client does not follow redirects from the proxy: a poll is a POST,
-// and following it would hand the --proxy.username credentials to whatever
-// host the redirect names.
-func TestProxyRedirectDoesNotCarryCredentials(t *testing.T) {
-	evil := make(chan string, 16)
-	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		evil <- r.Header.Get("Authorization")
-		http.NotFound(w, r)
-	}))
-	t.Cleanup(elsewhere.Close)
-	polls := make(chan struct{}, 16)
-	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		polls <- struct{}{}
-		http.Redirect(w, r, elsewhere.URL+"/poll", http.StatusTemporaryRedirect)
-	}))
-	t.Cleanup(proxy.Close)
-	proxyURL, err := util.ParseProxyURL(proxy.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	passwordFile := filepath.Join(t.TempDir(), "password")
-	if err := os.WriteFile(passwordFile, []byte("hunter2\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg := testConfig(proxyURL, "127.0.0.1")
-	cfg.security.proxyUsername = "node1"
-	cfg.security.proxyPasswordFile = passwordFile
-	startClient(t, cfg)
-
-	for range 2 {
-		select {
-		case <-polls:
-		case <-time.After(waitLimit):
-			t.Fatal("no poll")
-		}
-	}
-	select {
-	case auth := <-evil:
-		t.Errorf("redirect followed to another host, with Authorization %q", auth)
-	default:
-	}
-}
-
-// Only GET is a scrape: a proxy cannot make the client POST, PUT or DELETE
-// to a target.
-func TestOnlyGETIsScraped(t *testing.T) {
-	for _, method := range []string{http.MethodPost, http.MethodDelete, http.MethodPut} {
-		t.Run(method, func(t *testing.T) {
+func TestTemporaryAndPermanentRedirectsAreFollowedLikeTheOthers(t *testing.T) {
+	for _, status := range []int{http.StatusMovedPermanently, http.StatusFound, http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
+		t.Run(http.StatusText(status), func(t *testing.T) {
 			fp := startFakeProxy(t)
-			target, requests := recordingTarget(t, false, http.StatusOK, "ok\n")
+			target := startTarget(t, false, func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/old" {
+					http.Redirect(w, r, "/metrics", status)
+					return
+				}
+				io.WriteString(w, "up 1\n")
+			})
 			startClient(t, testConfig(fp.url(t), "127.0.0.1"))
-
-			id := uuid.NewString()
-			fp.answers <- pollAnswer{status: http.StatusOK, body: proxiedRequest(t, method, target.URL+"/-/quit", strings.NewReader("x"), id, nil)}
-			fp.expectPush(t, id, http.StatusInternalServerError, method)
-			neverContacted(t, requests)
+			id := fp.queueScrape(t, target.URL+"/old", nil)
+			fp.expectPush(t, id, http.StatusOK, "up 1\n")
 		})
 	}
 }

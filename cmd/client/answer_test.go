@@ -1,0 +1,147 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/rancher/pushprox/util"
+)
+
+// What a scrape answers, whatever carries it.
+
+func TestAnAnswerWrittenToAnyWriterReadsBackAsTheWireForm(t *testing.T) {
+	deadline, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(deadline, http.MethodGet, "http://node1:9100/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name       string
+		length     int64 // of the response; -1 unknown
+		body       string
+		wantLength string
+	}{
+		{name: "with a length", length: 5, body: "up 1\n", wantLength: "5"},
+		{name: "without a length", length: -1, body: "up 1\n", wantLength: ""},
+		{name: "empty", length: 0, body: "", wantLength: "0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := &http.Response{
+				StatusCode:    http.StatusOK,
+				Header:        http.Header{"Content-Type": {"text/plain"}, "Connection": {"close"}},
+				Body:          io.NopCloser(strings.NewReader(tc.body)),
+				ContentLength: tc.length,
+				Request:       req,
+			}
+			var wire bytes.Buffer
+			if err := writeAnswer(&wire, resp, "scrape-1"); err != nil {
+				t.Fatal(err)
+			}
+			got, err := util.DecodeAnswer(&wire)
+			if err != nil {
+				t.Fatalf("decoding %q: %v", wire.String(), err)
+			}
+			body, _ := io.ReadAll(got.Body)
+			if got.StatusCode != http.StatusOK || string(body) != tc.body {
+				t.Errorf("read back %d %q, want 200 %q", got.StatusCode, body, tc.body)
+			}
+			if got.Header.Get(util.HeaderID) != "scrape-1" || got.Header.Get("Content-Type") != "text/plain" {
+				t.Errorf("read back header %v", got.Header)
+			}
+			if l := got.Header.Get("Content-Length"); l != tc.wantLength {
+				t.Errorf("Content-Length %q, want %q", l, tc.wantLength)
+			}
+			if got.Header.Get("Connection") != "" {
+				t.Error("a hop-by-hop header was written")
+			}
+			left, err := util.HeaderTimeout(got.Header, util.HeaderScrapeTimeout)
+			if err != nil || left > 5*time.Second {
+				t.Errorf("seconds left %v (%v), want at most 5s", left, err)
+			}
+		})
+	}
+	t.Run("a body shorter than its length is an error", func(t *testing.T) {
+		resp := &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("up")), ContentLength: 10}
+		if err := writeAnswer(io.Discard, resp, "scrape-2"); err == nil {
+			t.Error("no error")
+		}
+	})
+}
+
+func TestATargetAnswerHeadTooLargeForTheProxyIsRefused(t *testing.T) {
+	fp := startFakeProxy(t)
+	target := startTarget(t, false, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("X-Huge", strings.Repeat("a", util.MaxAnswerHead))
+		_, _ = io.WriteString(w, "up 1\n")
+	})
+	c := startClient(t, testConfig(fp.url(t), "127.0.0.1"))
+	id := fp.queueScrape(t, target.URL+"/metrics", nil)
+	fp.expectPush(t, id, http.StatusInternalServerError, "larger than")
+	c.stop(t)
+	if got := testutil.ToFloat64(c.metrics.scrapeErrors); got != 1 {
+		t.Errorf("scrape errors = %v, want 1", got)
+	}
+}
+
+func TestScrapeMetricsCountEveryScrapeOnThePollTransport(t *testing.T) {
+	fp := startFakeProxy(t)
+	target, _ := recordingTarget(t, false, http.StatusOK, "up 1\n")
+	reg := prometheus.NewRegistry()
+	c := startClientWith(t, testConfig(fp.url(t), "127.0.0.1"), reg)
+	fp.expectPush(t, fp.queueScrape(t, target.URL+"/metrics", nil), http.StatusOK, "up 1")
+	fp.expectPush(t, fp.queueScrape(t, target.URL+"/metrics?_scheme=file", nil), http.StatusInternalServerError, "_scheme")
+	c.stop(t)
+	want := `
+# HELP pushprox_client_transport 1 for the transport scrapes are carried on (poll or tunnel), 0 for the other.
+# TYPE pushprox_client_transport gauge
+pushprox_client_transport{transport="poll"} 1
+pushprox_client_transport{transport="tunnel"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "pushprox_client_transport"); err != nil {
+		t.Error(err)
+	}
+	if n := testutil.CollectAndCount(c.metrics.scrapeDuration); n != 1 {
+		t.Fatalf("%d scrape duration series", n)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, family := range families {
+		if family.GetName() == "pushprox_client_scrape_duration_seconds" {
+			if got := family.GetMetric()[0].GetHistogram().GetSampleCount(); got != 2 {
+				t.Errorf("%d scrapes timed, want 2, the failed one included", got)
+			}
+		}
+	}
+}
+
+func TestAStoppingClientWaitsForScrapesAtMostTheShutdownTimeout(t *testing.T) {
+	fp := startFakeProxy(t)
+	target := startBlockingTarget(t)
+	defer target.release()
+	cfg := testConfig(fp.url(t), "127.0.0.1")
+	cfg.shutdownTimeout = 200 * time.Millisecond
+	c := startClient(t, cfg)
+	fp.queueScrape(t, target.URL+"/metrics", nil)
+	target.waitArrivals(t, 1)
+	start := time.Now()
+	c.cancel()
+	select {
+	case <-c.done:
+	case <-time.After(waitLimit):
+		t.Fatalf("Run did not return within %s with a shutdown timeout of %s", waitLimit, cfg.shutdownTimeout)
+	}
+	if elapsed := time.Since(start); elapsed < cfg.shutdownTimeout {
+		t.Errorf("Run returned after %s, before the shutdown timeout", elapsed)
+	}
+}
