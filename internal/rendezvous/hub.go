@@ -389,7 +389,10 @@ func (h *Hub) releaseSlotLocked(session *Session) {
 // fillLocked hands queued scrapes to the free slots of a tunnel.
 func (h *Hub) fillLocked(session *Session) {
 	for !session.detached && !h.closing && session.active < session.capacity {
-		s, ok := h.queue.pop(session.fqdn, func(s *Scrape) bool { return s.ctx.Err() == nil && !tried(s, session) })
+		// A scrape this tunnel did not take stays queued for others.
+		s, ok := h.queue.popWhere(session.fqdn,
+			func(s *Scrape) bool { return s.ctx.Err() == nil },
+			func(s *Scrape) bool { return !tried(s, session) })
 		if !ok {
 			return
 		}
