@@ -130,7 +130,7 @@ func TestAPollWhoseContextEndedTakesNoQueuedScrape(t *testing.T) {
 	}
 }
 
-func TestACutPollHandsItsScrapeOnOrGivesUp(t *testing.T) {
+func TestACutPollGivesUpAndLeavesTheQueue(t *testing.T) {
 	h := newTestHub(t, 10)
 	ctx, cancel := context.WithCancel(context.Background())
 	polled := h.park(t, ctx, client("node1"))
