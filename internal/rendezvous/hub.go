@@ -188,6 +188,13 @@ func (h *Hub) Scrape(ctx context.Context, s *Scrape) (*Answer, error) {
 		h.mu.Unlock()
 		return nil, ErrShuttingDown
 	}
+	if ctx.Err() != nil {
+		// Prometheus stopped waiting before the scrape came: no carrier
+		// is spent on it, as none is on a queued scrape whose context
+		// ended.
+		h.mu.Unlock()
+		return nil, h.abandon(ctx, s)
+	}
 	session := h.dispatchLocked(s, false)
 	h.mu.Unlock()
 	closed := h.closed
