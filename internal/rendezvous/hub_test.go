@@ -611,3 +611,32 @@ func canceled() context.Context {
 	cancel()
 	return ctx
 }
+
+func TestAScrapeWhoseContextEndedIsHandedToNoCarrier(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		end  func(*deadlineCtx)
+		want error
+	}{
+		{"Prometheus already went away", (*deadlineCtx).Cancel, ErrAbandoned},
+		{"its wait already passed", (*deadlineCtx).Expire, ErrClientIdle},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newTestHub(t, 10)
+			polled := h.park(t, context.Background(), client("node1"))
+			ctx := newDeadlineCtx()
+			tc.end(ctx)
+			if _, err := h.Scrape(ctx, h.newScrape("a", "node1")); !errors.Is(err, tc.want) {
+				t.Fatalf("Scrape = %v, want %v", err, tc.want)
+			}
+			pending(t, "the parked poll", polled)
+			if st := h.Stats(); st.Parked != 1 || st.Inflight != 0 {
+				t.Fatalf("stats = %+v, want the poll still parked and nothing in flight", st)
+			}
+			h.Shutdown()
+			if _, err := await(t, "Poll", polled); !errors.Is(err, ErrShuttingDown) {
+				t.Fatalf("Poll = %v, want ErrShuttingDown", err)
+			}
+		})
+	}
+}
