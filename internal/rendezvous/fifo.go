@@ -26,20 +26,43 @@ func (f *fifo[T]) pushFront(key string, v T) {
 // pop removes and returns the oldest entry of key for which live holds,
 // dropping the dead ones before it.
 func (f *fifo[T]) pop(key string, live func(T) bool) (T, bool) {
+	return f.popWhere(key, live, func(T) bool { return true })
+}
+
+// popWhere removes and returns the oldest live entry of key for which want
+// holds, dropping the dead ones before it. Live entries that want skips
+// stay queued, in order: they are not this taker's, but may be another's.
+func (f *fifo[T]) popWhere(key string, live, want func(T) bool) (T, bool) {
 	queue := f.queues[key]
-	var zero T
-	for len(queue) > 0 {
-		v := queue[0]
-		queue[0] = zero
-		queue = queue[1:]
-		f.n--
-		if live(v) {
-			f.set(key, queue)
+	for i := 0; i < len(queue); {
+		v := queue[i]
+		switch {
+		case !live(v):
+			queue = f.cut(queue, i)
+		case want(v):
+			f.set(key, f.cut(queue, i))
 			return v, true
+		default:
+			i++
 		}
 	}
 	f.set(key, queue)
+	var zero T
 	return zero, false
+}
+
+// cut removes the i-th entry of queue, clearing the slot it leaves so that
+// the backing array holds no stale entry.
+func (f *fifo[T]) cut(queue []T, i int) []T {
+	f.n--
+	var zero T
+	if i == 0 {
+		queue[0] = zero
+		return queue[1:]
+	}
+	copy(queue[i:], queue[i+1:])
+	queue[len(queue)-1] = zero
+	return queue[:len(queue)-1]
 }
 
 // remove deletes v from the queue of key and reports whether it was there.

@@ -188,6 +188,13 @@ func (h *Hub) Scrape(ctx context.Context, s *Scrape) (*Answer, error) {
 		h.mu.Unlock()
 		return nil, ErrShuttingDown
 	}
+	if ctx.Err() != nil {
+		// Prometheus stopped waiting before the scrape came: no carrier
+		// is spent on it, as none is on a queued scrape whose context
+		// ended.
+		h.mu.Unlock()
+		return nil, h.abandon(ctx, s)
+	}
 	session := h.dispatchLocked(s, false)
 	h.mu.Unlock()
 	closed := h.closed
@@ -389,7 +396,10 @@ func (h *Hub) releaseSlotLocked(session *Session) {
 // fillLocked hands queued scrapes to the free slots of a tunnel.
 func (h *Hub) fillLocked(session *Session) {
 	for !session.detached && !h.closing && session.active < session.capacity {
-		s, ok := h.queue.pop(session.fqdn, func(s *Scrape) bool { return s.ctx.Err() == nil && !tried(s, session) })
+		// A scrape this tunnel did not take stays queued for others.
+		s, ok := h.queue.popWhere(session.fqdn,
+			func(s *Scrape) bool { return s.ctx.Err() == nil },
+			func(s *Scrape) bool { return !tried(s, session) })
 		if !ok {
 			return
 		}

@@ -104,7 +104,11 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 				seen = now
 				state.connected = true
 			}
-			if t := float64(seen.UnixNano()) / 1e9; t >= state.lastSeen {
+			// Registrations seen at the same time, as every connected one
+			// is, agree on the tunnel, so that the series does not flip
+			// between gathers with the map's order.
+			t := float64(seen.UnixNano()) / 1e9
+			if t > state.lastSeen || t == state.lastSeen && r.transport == TransportTunnel {
 				state.lastSeen = t
 				state.transport = r.transport
 			}

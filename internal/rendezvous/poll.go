@@ -71,10 +71,14 @@ func (h *Hub) Poll(ctx context.Context, c Client, wait time.Duration) (*Work, er
 	}
 	h.registry.connect(r, TransportPoll, now)
 	p := &poll{ctx: ctx, client: c, reg: r, handed: make(chan *Scrape, 1)}
-	if s, ok := h.queue.pop(c.FQDN, func(s *Scrape) bool { return s.ctx.Err() == nil }); ok {
-		h.handLocked(s, p)
-		h.mu.Unlock()
-		return h.work(p, <-p.handed), nil
+	// A poll whose connection is already gone takes no queued scrape: it
+	// parks like any dead poll, is handed nothing, and gives up below.
+	if ctx.Err() == nil {
+		if s, ok := h.queue.pop(c.FQDN, func(s *Scrape) bool { return s.ctx.Err() == nil }); ok {
+			h.handLocked(s, p)
+			h.mu.Unlock()
+			return h.work(p, <-p.handed), nil
+		}
 	}
 	h.polls.push(c.FQDN, p)
 	h.mu.Unlock()
