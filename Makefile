@@ -53,7 +53,7 @@ chart-test: helm
 	$(HELM) lint --strict --kube-version $(CHART_KUBE_VERSION) chart
 	@for values in chart/ci/*-values.yaml; do \
 		echo "$(HELM) lint --strict --kube-version $(CHART_KUBE_VERSION) chart --values $$values"; \
-		$(HELM) lint --strict --kube-version $(CHART_KUBE_VERSION) chart --values $$values >/dev/null || exit 1; \
+		out=$$($(HELM) lint --strict --kube-version $(CHART_KUBE_VERSION) chart --values $$values 2>&1) || { echo "$$out"; exit 1; }; \
 	done
 	cd chart && $(GO) vet ./... && $(GO) mod tidy -diff
 	cd chart && HELM="$(HELM)" $(GO) test -count=1 ./...
