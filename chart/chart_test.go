@@ -521,6 +521,20 @@ var extensionCases = []extensionCase{
 		},
 	},
 	{
+		name: "user labels add to the chart's, never render a key twice, and cannot move a pod out of its selector",
+		sets: []string{"component=x", "clients.podLabels.k8s-app=other", "clients.podLabels.team=a", "serviceMonitor.labels.release=prometheus"},
+		check: func(t *testing.T, objs rendered) {
+			ds := objs.find("DaemonSet", "pushprox-x-client").(*appsv1.DaemonSet)
+			if got := ds.Spec.Template.Labels; got["k8s-app"] != "pushprox-x-client" || got["team"] != "a" {
+				t.Errorf("pod labels %v", got)
+			}
+			sm := objs.find("ServiceMonitor", "rancher-monitoring-x").(*monitoringv1.ServiceMonitor)
+			if sm.Labels["release"] != "prometheus" {
+				t.Errorf("ServiceMonitor labels %v, want release from the values", sm.Labels)
+			}
+		},
+	},
+	{
 		name: "the PrometheusRule holds exactly the chart's alerts file",
 		sets: []string{"component=x", "prometheusRule.enabled=true"},
 		check: func(t *testing.T, objs rendered) {
@@ -625,8 +639,9 @@ func asksPassword(c corev1.Container) bool {
 	return c.LivenessProbe != nil && c.LivenessProbe.TCPSocket != nil
 }
 
-// listenAddress finds where a started binary listens, in its start line.
-var listenAddress = regexp.MustCompile(`\b(?:address|metrics_address)=(\S+)`)
+// listenAddress finds where a started binary listens, in its start line
+// (logfmt or JSON).
+var listenAddress = regexp.MustCompile(`\b(?:address|metrics_address)=(\S+)|"(?:address|metrics_address)":"([^"]+)"`)
 
 // probesAnswer checks the container's probes against the started binary:
 // the paths it probes are served, over the scheme it probes with.
@@ -635,7 +650,7 @@ func probesAnswer(c corev1.Container, startLine string) error {
 	if m == nil {
 		return fmt.Errorf("no listen address in %q", startLine)
 	}
-	addr := m[1]
+	addr := m[1] + m[2]
 	client := &http.Client{
 		Timeout:   5 * time.Second,
 		Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}},
