@@ -535,6 +535,16 @@ var extensionCases = []extensionCase{
 		},
 	},
 	{
+		name: "Prometheus sends its own token file when bearerTokenFile is enabled",
+		sets: []string{"component=x", "clients.https.enabled=true", "clients.https.authenticationMethod.bearerTokenFile.enabled=true"},
+		check: func(t *testing.T, objs rendered) {
+			e := objs.find("ServiceMonitor", "rancher-monitoring-x").(*monitoringv1.ServiceMonitor).Spec.Endpoints[0]
+			if e.BearerTokenFile != "/var/run/secrets/kubernetes.io/serviceaccount/token" {
+				t.Errorf("endpoint bearerTokenFile %q", e.BearerTokenFile)
+			}
+		},
+	},
+	{
 		name: "the PrometheusRule holds exactly the chart's alerts file",
 		sets: []string{"component=x", "prometheusRule.enabled=true"},
 		check: func(t *testing.T, objs rendered) {
