@@ -48,14 +48,14 @@ merging twice gives the same result. */}}
 {{/* Labels every object has; the first three are rancher-pushprox's and
 part of the selectors. */}}
 {{- define "pushprox.commonLabels" -}}
-release: {{ .Release.Name }}
+release: {{ .Release.Name | quote }}
 component: {{ include "pushprox.component" . | quote }}
 provider: kubernetes
 {{- end -}}
 
 {{- define "pushprox.metaLabels" -}}
 app.kubernetes.io/name: pushprox
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
@@ -249,6 +249,16 @@ timeoutSeconds: {{ . }}
 {{- with $p.failureThreshold }}
 failureThreshold: {{ . }}
 {{- end }}
+{{- end -}}
+
+{{/* labels merges label maps, later ones winning, into YAML: chart labels
+and user labels never render a key twice. Call with a list of maps. */}}
+{{- define "pushprox.labels" -}}
+{{- $out := dict -}}
+{{- range . -}}
+{{- $out = mergeOverwrite $out (deepCopy (default (dict) .)) -}}
+{{- end -}}
+{{- toYaml $out -}}
 {{- end -}}
 
 {{- define "pushprox.linuxTolerations" -}}
