@@ -281,7 +281,8 @@ var errPollCut = errors.New("poll cut")
 // isGatewayCut reports whether a poll's status is what load balancers and
 // reverse proxies answer when they cut a request or lose the upstream:
 // 502, 503 or 504. The proxy itself answers 503 only to a poll it believes
-// gone, or when it shuts down.
+// gone, or when it shuts down; those few are counted as cuts too, as the
+// client cannot tell them apart.
 func isGatewayCut(code int) bool {
 	return code == http.StatusBadGateway || code == http.StatusServiceUnavailable || code == http.StatusGatewayTimeout
 }
