@@ -335,8 +335,48 @@ def dashboard():
     }
 
 
+def validate(d):
+    """Returns what is wrong with a dashboard that Grafana would not say
+    until someone looked: duplicate ids, overlapping or out-of-grid panels,
+    panels without a query or with duplicate query ids."""
+    problems = []
+    seen_ids = set()
+    cells = {}
+    for p in d["panels"]:
+        title = p.get("title")
+        if p["id"] in seen_ids:
+            problems.append(f"panel {title!r}: duplicate id {p['id']}")
+        seen_ids.add(p["id"])
+        g = p["gridPos"]
+        if g["x"] < 0 or g["w"] < 1 or g["x"] + g["w"] > 24:
+            problems.append(f"panel {title!r}: outside the 24-column grid: {g}")
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                if (x, y) in cells:
+                    problems.append(f"panel {title!r} overlaps {cells[(x, y)]!r} at {x},{y}")
+                    break
+                cells[(x, y)] = title
+            else:
+                continue
+            break
+        if p["type"] == "row":
+            continue
+        refs = [t["refId"] for t in p.get("targets", [])]
+        if not refs:
+            problems.append(f"panel {title!r}: no query")
+        if len(refs) != len(set(refs)):
+            problems.append(f"panel {title!r}: duplicate refIds {refs}")
+        if p.get("datasource") != DS or any(t.get("datasource") != DS for t in p.get("targets", [])):
+            problems.append(f"panel {title!r}: not on the ${{datasource}} variable")
+    return problems
+
+
 def render():
-    return json.dumps(dashboard(), indent=2, sort_keys=False) + "\n"
+    d = dashboard()
+    problems = validate(d)
+    if problems:
+        raise SystemExit("\n".join(problems))
+    return json.dumps(d, indent=2, sort_keys=False) + "\n"
 
 
 def main(argv):
