@@ -201,7 +201,7 @@ for tool in prometheus promtool prometheus-node-exporter curl jq openssl python3
   command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
 
-mapfile -t PORTS < <(free_ports 12)
+mapfile -t PORTS < <(free_ports 14)
 NE_PORT=${PORTS[0]}
 NE_TLS_PORT=${PORTS[1]}
 PROXY_PORT=${PORTS[2]}
@@ -216,6 +216,8 @@ NGINX_PLAIN_CLIENT_PORT=${PORTS[10]}
 NGINX_WS_CLIENT_PORT=${PORTS[11]}
 # nginx cuts requests idle for this long: polls and tunnels must survive it.
 readonly NGINX_READ_TIMEOUT=3
+BLACKBOX_PORT=${PORTS[12]}
+HANGING_PORT=${PORTS[13]}
 PROXY_URL="http://127.0.0.1:$PROXY_PORT"
 LOCKED_PROXY_URL="https://127.0.0.1:$LOCKED_PROXY_PORT"
 log "ports: node-exporter=$NE_PORT node-exporter-tls=$NE_TLS_PORT proxy=$PROXY_PORT client=$CLIENT_PORT prometheus=$PROM_PORT"
@@ -333,6 +335,33 @@ nginx_client_on() {
     grep -q "^pushprox_proxy_client_connected{fqdn=\"$2\",transport=\"$1\"} 1"
 }
 
+# A blackbox exporter whose probe target accepts connections and never
+# answers: through the proxy, the probe must fail within the time the
+# client gives it (probe_success 0) while the scrape itself succeeds (up 1),
+# as without a proxy.
+write_blackbox_config() {
+  cat >"$TMP_DIR/blackbox.yml" <<EOF
+modules:
+  http_2xx:
+    prober: http
+    timeout: 60s
+EOF
+}
+
+start_hanging_target() {
+  start_bg hanging-target python3 -c '
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(64)
+held = []
+while True:
+    conn, _ = s.accept()
+    held.append(conn)
+' "$HANGING_PORT"
+}
+
 node_exporter_args() {
   echo --collector.disable-defaults --collector.loadavg --collector.meminfo \
     --web.listen-address="127.0.0.1:$1"
@@ -400,6 +429,16 @@ scrape_configs:
     proxy_url: $PROXY_URL/
     static_configs:
       - targets: ['nginx-ws:$NE_PORT']
+  - job_name: blackbox
+    scrape_interval: 5s
+    scrape_timeout: 4s
+    proxy_url: $PROXY_URL/
+    metrics_path: /probe
+    params:
+      module: [http_2xx]
+      target: ['http://127.0.0.1:$HANGING_PORT/']
+    static_configs:
+      - targets: ['$FQDN:$BLACKBOX_PORT']
   - job_name: noclient
     proxy_url: $PROXY_URL/
     static_configs:
@@ -472,6 +511,7 @@ locked_wrong_password_down() {
 make_certs
 write_locked_configs
 write_nginx_config
+write_blackbox_config
 
 # shellcheck disable=SC2046 # word splitting of the fixed argument list is intended
 start_bg node-exporter prometheus-node-exporter $(node_exporter_args "$NE_PORT")
@@ -494,6 +534,9 @@ start_bg locked-client "$CLIENT_BIN" --fqdn="$FQDN" --proxy-url="$LOCKED_PROXY_U
   --metrics-addr="127.0.0.1:$LOCKED_CLIENT_PORT" --web.config.file="$TMP_DIR/locked-client-web.yml" \
   --log.level=debug
 
+start_hanging_target
+start_bg blackbox prometheus-blackbox-exporter --config.file="$TMP_DIR/blackbox.yml" \
+  --web.listen-address="127.0.0.1:$BLACKBOX_PORT"
 start_bg nginx nginx -p "$TMP_DIR/nginx" -c "$TMP_DIR/nginx/nginx.conf" -g 'daemon off;'
 # Both clients answer for a name of their own and scrape the node exporter
 # on 127.0.0.1.
@@ -546,6 +589,9 @@ check 'nginx with defaults: the client polls through it' 20 nginx_client_on poll
 check 'nginx set up for WebSockets: the client keeps a tunnel through it' 20 nginx_client_on tunnel nginx-ws
 check_query 'up{job="nginx-plain"} == 1 (polls through nginx)' 30 'up{job="nginx-plain"}' "$ALL_ONE"
 check_query 'up{job="nginx-ws"} == 1 (a tunnel through nginx)' 30 'up{job="nginx-ws"}' "$ALL_ONE"
+check_query 'blackbox probe of a hanging target through the proxy: up == 1' 30 'up{job="blackbox"}' "$ALL_ONE"
+check_query 'blackbox probe of a hanging target through the proxy: probe_success == 0' 10 \
+  'probe_success{job="blackbox"} == 0' "$NON_EMPTY"
 check 'up{job="noclient"} == 0 with lastError' 20 noclient_down_with_error
 log "noclient lastError: $(target_info noclient | jq -r '.[0].lastError // "<none>"' 2>/dev/null || true)"
 

@@ -666,28 +666,37 @@ func TestLockedDownRoundTripThroughRealClient(t *testing.T) {
 			return []string{"--proxy-url=https://" + sp.addr, "--tls.cert=" + certFile, "--tls.key=" + keyFile}
 		}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			sp := startSecProxy(t, tc.bind, secWebConfig(t, secPasswords))
-			args := append([]string{
-				"--fqdn=127.0.0.1",
-				"--tls.cacert=" + filepath.Join(sp.dir, "ca.crt"),
-				"--metrics-addr=127.0.0.1:0",
-				"--proxy.retry.initial-wait=50ms",
-				"--proxy.retry.max-wait=200ms",
-				"--log.level=debug",
-			}, tc.args(sp)...)
-			client := testbin.Start(t, clientBinary, args...)
-			client.WaitForOutput(clientPolling)
-			waitFor(t, "the client's poll to park", func() bool { return sp.hub.Stats().Parked == 1 })
+		for _, transport := range []string{"poll", "tunnel"} {
+			t.Run(tc.name+" over "+transport, func(t *testing.T) {
+				sp := startSecProxy(t, tc.bind, secWebConfig(t, secPasswords))
+				args := append([]string{
+					"--proxy.transport=" + transport,
+					"--fqdn=127.0.0.1",
+					"--tls.cacert=" + filepath.Join(sp.dir, "ca.crt"),
+					"--metrics-addr=127.0.0.1:0",
+					"--proxy.retry.initial-wait=50ms",
+					"--proxy.retry.max-wait=200ms",
+					"--log.level=debug",
+				}, tc.args(sp)...)
+				client := testbin.Start(t, clientBinary, args...)
+				client.WaitForOutput(clientPolling)
+				waitFor(t, "the client to connect by "+transport, func() bool {
+					st := sp.hub.Stats()
+					return st.Parked == 1 || st.Tunnels == 1
+				})
 
-			result := <-sp.goScrapeAs(t, url.UserPassword("prometheus", "scrape-secret"), targetURL,
-				http.Header{util.HeaderScrapeTimeoutSeconds: {"30"}})
-			if result.err != nil {
-				t.Fatal(result.err)
-			}
-			if result.resp.StatusCode != http.StatusOK || result.body != target.body {
-				t.Errorf("Prometheus got %s %q, want the target's answer", result.resp.Status, result.body)
-			}
-		})
+				result := <-sp.goScrapeAs(t, url.UserPassword("prometheus", "scrape-secret"), targetURL,
+					http.Header{util.HeaderScrapeTimeoutSeconds: {"30"}})
+				if result.err != nil {
+					t.Fatal(result.err)
+				}
+				if result.resp.StatusCode != http.StatusOK || result.body != target.body {
+					t.Errorf("Prometheus got %s %q, want the target's answer", result.resp.Status, result.body)
+				}
+				if transport == "tunnel" && sp.hub.Stats().Tunnels != 1 {
+					t.Errorf("no tunnel attached: the locked-down proxy refused it")
+				}
+			})
+		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -187,16 +188,21 @@ func (tp *testProxy) inflightCount() int {
 }
 
 // clientArgs are the flags of a real client polling proxyURL as fqdn, with
-// fast retries and debug logs.
+// fast retries and debug logs. It polls unless extra names a transport:
+// most tests here are about polls.
 func clientArgs(fqdn, proxyURL string, extra ...string) []string {
-	return append([]string{
+	args := []string{
 		"--fqdn=" + fqdn,
 		"--proxy-url=" + proxyURL,
 		"--metrics-addr=127.0.0.1:0",
 		"--proxy.retry.initial-wait=50ms",
 		"--proxy.retry.max-wait=200ms",
 		"--log.level=debug",
-	}, extra...)
+	}
+	if !slices.ContainsFunc(extra, func(arg string) bool { return strings.HasPrefix(arg, "--proxy.transport=") }) {
+		args = append(args, "--proxy.transport=poll")
+	}
+	return append(args, extra...)
 }
 
 var clientPolling = regexp.MustCompile(`msg=polling`)

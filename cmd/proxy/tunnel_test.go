@@ -66,7 +66,7 @@ func TestClientPollsAProxyThatRefusesTunnels(t *testing.T) {
 	}))
 	t.Cleanup(old.Close)
 	target := startTarget(t, "up 1\n")
-	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", old.URL)...)
+	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", old.URL, "--proxy.transport=auto")...)
 	client.WaitForOutput(regexp.MustCompile(`msg="proxy offers no tunnel, polling instead"`))
 	tp.waitParked(t, 1)
 	r := scrapeThrough(context.Background(), old.URL, target.URL+"/metrics", "10")
@@ -130,7 +130,7 @@ func TestHostileTunnelPeerIsClosedAndOtherClientsAreServed(t *testing.T) {
 	waitFor(t, "the hostile tunnel to detach", func() bool { return tp.hub.Stats().Tunnels == 0 })
 
 	target := startTarget(t, "up 1\n")
-	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL)...)
+	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=auto")...)
 	client.WaitForOutput(clientTunnelOpen)
 	if r := scrapeThrough(context.Background(), tp.srv.URL, target.URL+"/metrics", "10"); r.status != http.StatusOK {
 		t.Errorf("scrape of another client: %d %q %v", r.status, r.body, r.err)
