@@ -51,11 +51,14 @@ lint:
 	$(GO) vet ./...
 	$(GO) mod tidy -diff
 
-## helm: build helm $(HELM_VERSION) into .cache/bin unless it is there
+## helm: build helm $(HELM_VERSION) into .cache/bin unless it is there (or HELM names another)
+# A stamp file records the version built: go install leaves helm's own
+# version string unset.
 helm:
-	@if [ "$$("$(HELM)" version --template '{{.Version}}' 2>/dev/null)" != "$(HELM_VERSION)" ]; then \
+	@if [ "$(HELM)" = "$(HELM_BIN)/helm" ] && [ ! -f "$(HELM_BIN)/.helm-$(HELM_VERSION)" ]; then \
 		echo "building helm $(HELM_VERSION) into $(HELM_BIN)"; \
-		GOBIN="$(HELM_BIN)" $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); \
+		GOBIN="$(HELM_BIN)" $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION) && \
+		touch "$(HELM_BIN)/.helm-$(HELM_VERSION)"; \
 	fi
 
 ## chart-test: helm lint of the chart with each ci/ values file, then its Go tests (chart/ is a module of its own)

@@ -34,6 +34,15 @@ var (
 	buildErr  error
 )
 
+// TestMain removes the binaries the tests built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
 // binaries builds pushprox-proxy and pushprox-client from this checkout
 // once per test run, and returns the folder holding them.
 func binaries(t *testing.T) string {
