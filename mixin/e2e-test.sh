@@ -216,12 +216,13 @@ for tool in prometheus promtool prometheus-node-exporter curl jq python3; do
   command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
 
-mapfile -t PORTS < <(free_ports 5)
+mapfile -t PORTS < <(free_ports 6)
 NE_PORT=${PORTS[0]}
 PROXY_PORT=${PORTS[1]}
 CLIENT_PORT=${PORTS[2]}
 LOCKED_PORT=${PORTS[3]}
 PROM_PORT=${PORTS[4]}
+POLL_CLIENT_PORT=${PORTS[5]}
 PROXY_URL="http://127.0.0.1:$PROXY_PORT"
 LOCKED_URL="http://127.0.0.1:$LOCKED_PORT"
 log "ports: node-exporter=$NE_PORT proxy=$PROXY_PORT client=$CLIENT_PORT locked-proxy=$LOCKED_PORT prometheus=$PROM_PORT"
@@ -276,6 +277,10 @@ start_bg locked-proxy "$PROXY_BIN" --web.listen-address="127.0.0.1:$LOCKED_PORT"
   --web.config.file="$TMP_DIR/locked-web.yml"
 start_bg client "$CLIENT_BIN" --fqdn="$FQDN" --proxy-url="$PROXY_URL" \
   --metrics-addr="127.0.0.1:$CLIENT_PORT"
+# A second client on the poll transport, so that the panels of both
+# transports have data (the first one uses a tunnel).
+start_bg poll-client "$CLIENT_BIN" --fqdn=poll-client --proxy-url="$PROXY_URL" \
+  --proxy.transport=poll --proxy.poll-wait=1s --metrics-addr="127.0.0.1:$POLL_CLIENT_PORT"
 
 wait_for 15 http_ok "http://127.0.0.1:$NE_PORT/metrics" || die "node exporter did not come up"
 wait_for 15 http_ok "$PROXY_URL/metrics" || die "proxy did not come up"
