@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"sync"
 	"time"
 
 	"github.com/go-kit/log"
-	"github.com/go-kit/log/level"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -34,86 +32,6 @@ type Config struct {
 	// Now tells the time of registrations; nil means time.Now. Tests
 	// replace it with a fake clock.
 	Now func() time.Time
-}
-
-// Client is who a carrier works for: the FQDN it answers for (any case, a
-// trailing dot or not), its discovery labels, and the identity that
-// authenticated it, which alone may answer the scrapes it takes.
-type Client struct {
-	FQDN     string
-	Labels   map[string]string
-	Identity string
-}
-
-// Scrape is one Prometheus request for a target. The caller fills in the
-// exported fields and hands it to Hub.Scrape once; it must not change
-// them afterwards.
-type Scrape struct {
-	ID       string    // names the scrape on the wire
-	FQDN     string    // the target's host; the hub routes by its normal form
-	Request  []byte    // the request in the wire format, as a poll carries it
-	Deadline time.Time // when Prometheus stops waiting
-
-	// What follows is the hub's, guarded by Hub.mu.
-	ctx      context.Context
-	events   chan event // capacity 1: at most one event is pending
-	state    scrapeState
-	identity string        // who may push its answer
-	reg      *registration // the registration whose carrier took it
-	handedAt time.Time
-	tried    []*Session // tunnels that did not take it
-}
-
-// scrapeState is where a scrape is.
-type scrapeState int
-
-const (
-	stateWaiting scrapeState = iota // with no carrier, and not queued
-	stateQueued                     // in the queue of its FQDN
-	stateHanded                     // handed to a poll, awaiting its push
-	stateClaimed                    // its push has arrived
-	stateTunnel                     // on a tunnel
-	stateDone
-)
-
-// event is what the hub tells a waiting scrape: exactly one field is set.
-type event struct {
-	answer   *Answer  // its push arrived
-	session  *Session // a slot of this tunnel is reserved for it
-	shutdown bool     // no carrier will come
-}
-
-// Answer is a client's answer to a scrape: its status and headers, and its
-// body still unread, streaming from the client.
-type Answer struct {
-	Response *http.Response
-	// Handed is when a carrier took the scrape.
-	Handed time.Time
-	done   func(error)
-	once   sync.Once
-}
-
-// Done reports how relaying the answer to Prometheus ended (nil when it
-// all arrived). The caller of Scrape calls it exactly once.
-func (a *Answer) Done(err error) {
-	a.once.Do(func() { a.done(err) })
-}
-
-// Tunnel is a carrier that takes many scrapes at once on one connection.
-type Tunnel interface {
-	// Carry sends s to the client and returns its answer, the body
-	// unread, within ctx. Closing the body ends the scrape on the tunnel.
-	// An error wrapping ErrNotCarried says the client did not start on s,
-	// so that another carrier may take it.
-	Carry(ctx context.Context, s *Scrape) (*http.Response, error)
-}
-
-// poll is a client's parked request for work.
-type poll struct {
-	ctx    context.Context // ends when the client's connection is gone
-	client Client
-	reg    *registration
-	handed chan *Scrape // capacity 1, so handing over never blocks under the lock
 }
 
 // Hub is the rendezvous of scrapes and carriers. Create it with New.
@@ -491,42 +409,6 @@ func (h *Hub) Drain(ctx context.Context) error {
 	}
 }
 
-// Close stops the garbage collector and waits for it.
-func (h *Hub) Close() {
-	close(h.stopGC)
-	<-h.gcDone
-}
-
-func (h *Hub) gcLoop() {
-	defer close(h.gcDone)
-	ticker := time.NewTicker(h.gcEvery)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-ticker.C:
-			h.collectGarbage()
-		case <-h.stopGC:
-			return
-		}
-	}
-}
-
-// collectGarbage forgets clients gone past the registration timeout and
-// scrape IDs ended long ago.
-func (h *Hub) collectGarbage() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	now := h.now()
-	for _, r := range h.registry.collect(now) {
-		level.Debug(h.logger).Log("msg", "client forgotten", "fqdn", r.fqdn, "last_seen", r.lastSeen)
-	}
-	for id, at := range h.ended {
-		if now.Sub(at) > rememberIDsFor {
-			delete(h.ended, id)
-		}
-	}
-}
-
 // Known reports whether a client of fqdn is known.
 func (h *Hub) Known(fqdn string) bool {
 	h.mu.Lock()
@@ -544,35 +426,3 @@ func (h *Hub) Clients(offset, limit int) []ClientStatus {
 
 // Now tells the hub's time, for ages of last contact.
 func (h *Hub) Now() time.Time { return h.now() }
-
-// Stats counts what the hub holds now.
-type Stats struct {
-	Clients  int // known clients
-	Parked   int // polls parked
-	Queued   int // scrapes waiting for a carrier
-	Inflight int // scrapes handed to a poll, awaiting their push
-	Tunnels  int // tunnels attached
-}
-
-// Stats returns the hub's counts.
-func (h *Hub) Stats() Stats {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	now := h.now()
-	st := Stats{Parked: h.polls.len(), Queued: h.queue.len(), Inflight: len(h.inflight)}
-	for _, byLabels := range h.registry.byFQDN {
-		for _, r := range byLabels {
-			if h.registry.alive(r, now) {
-				st.Clients++
-			}
-		}
-	}
-	for _, sessions := range h.tunnels {
-		st.Tunnels += len(sessions)
-	}
-	return st
-}
-
-// CollectGarbage forgets clients gone past the registration timeout now;
-// the hub also does it on a ticker of its own.
-func (h *Hub) CollectGarbage() { h.collectGarbage() }
