@@ -86,4 +86,3 @@ type poll struct {
 	reg    *registration
 	handed chan *Scrape // capacity 1, so handing over never blocks under the lock
 }
-
