@@ -3,7 +3,6 @@ package main
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -115,9 +114,6 @@ func answerBody(resp *http.Response, length int64) io.Reader {
 	return resp.Body
 }
 
-// errAnswerShort says a target's body ended before the length it gave.
-var errAnswerShort = errors.New("target answer shorter than its Content-Length")
-
 // writeAnswer writes resp to w as the answer to scrape id, in the wire
 // form: its head (with the body's length when known), then its body. A
 // body that is shorter than the length it gave is an error; one that is
@@ -134,7 +130,7 @@ func writeAnswer(w io.Writer, resp *http.Response, id string) error {
 	}
 	n, err := io.Copy(w, io.LimitReader(body, length))
 	if err == nil && n < length {
-		err = errAnswerShort
+		err = fmt.Errorf("target answer body ended after %d of its %d bytes", n, length)
 	}
 	return err
 }
