@@ -58,13 +58,13 @@ func newClient(cfg config, logger log.Logger, reg prometheus.Registerer) (*clien
 		return nil, err
 	}
 	c := &client{
-		cfg:          cfg,
-		logger:       logger,
-		metrics:      newMetrics(reg),
-		proxyTLS:     proxyTLS,
-		slots:        make(chan struct{}, cfg.maxConcurrentScrapes),
-		labels:       util.EncodeLabels(cfg.labels),
-		lookupHost:   net.DefaultResolver.LookupHost,
+		cfg:        cfg,
+		logger:     logger,
+		metrics:    newMetrics(reg),
+		proxyTLS:   proxyTLS,
+		slots:      make(chan struct{}, cfg.maxConcurrentScrapes),
+		labels:     util.EncodeLabels(cfg.labels),
+		lookupHost: net.DefaultResolver.LookupHost,
 	}
 	c.targetClient = &http.Client{Transport: newTransport(targetTLS, ""), CheckRedirect: c.checkRedirect}
 	c.proxyClient = c.newProxyClient("")
