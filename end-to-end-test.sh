@@ -201,7 +201,7 @@ for tool in prometheus promtool prometheus-node-exporter curl jq openssl python3
   command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
 
-mapfile -t PORTS < <(free_ports 8)
+mapfile -t PORTS < <(free_ports 14)
 NE_PORT=${PORTS[0]}
 NE_TLS_PORT=${PORTS[1]}
 PROXY_PORT=${PORTS[2]}
@@ -210,6 +210,14 @@ PROM_PORT=${PORTS[4]}
 NE_AUTH_PORT=${PORTS[5]}
 LOCKED_PROXY_PORT=${PORTS[6]}
 LOCKED_CLIENT_PORT=${PORTS[7]}
+NGINX_PLAIN_PORT=${PORTS[8]}
+NGINX_WS_PORT=${PORTS[9]}
+NGINX_PLAIN_CLIENT_PORT=${PORTS[10]}
+NGINX_WS_CLIENT_PORT=${PORTS[11]}
+# nginx cuts requests idle for this long: polls and tunnels must survive it.
+readonly NGINX_READ_TIMEOUT=3
+BLACKBOX_PORT=${PORTS[12]}
+HANGING_PORT=${PORTS[13]}
 PROXY_URL="http://127.0.0.1:$PROXY_PORT"
 LOCKED_PROXY_URL="https://127.0.0.1:$LOCKED_PROXY_PORT"
 log "ports: node-exporter=$NE_PORT node-exporter-tls=$NE_TLS_PORT proxy=$PROXY_PORT client=$CLIENT_PORT prometheus=$PROM_PORT"
@@ -278,6 +286,82 @@ EOF
   chmod 600 "$TMP_DIR/client.password"
 }
 
+# A real nginx between clients and the proxy, with a short
+# proxy_read_timeout: once with nginx' defaults (no Upgrade passed, so the
+# client polls and takes nginx' 504s for cuts), once set up for WebSockets
+# (the client's tunnel passes, kept alive by its pings).
+write_nginx_config() {
+  local d=$TMP_DIR/nginx
+  mkdir -p "$d/tmp"
+  chmod 777 "$d/tmp"
+  cat >"$d/nginx.conf" <<EOF
+worker_processes 1;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 256; }
+http {
+  access_log off;
+  client_body_temp_path $d/tmp/body;
+  proxy_temp_path $d/tmp/proxy;
+  fastcgi_temp_path $d/tmp/fastcgi;
+  uwsgi_temp_path $d/tmp/uwsgi;
+  scgi_temp_path $d/tmp/scgi;
+  server {
+    listen 127.0.0.1:$NGINX_PLAIN_PORT;
+    location / {
+      proxy_pass http://127.0.0.1:$PROXY_PORT;
+      proxy_read_timeout ${NGINX_READ_TIMEOUT}s;
+    }
+  }
+  server {
+    listen 127.0.0.1:$NGINX_WS_PORT;
+    location / {
+      proxy_pass http://127.0.0.1:$PROXY_PORT;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_read_timeout ${NGINX_READ_TIMEOUT}s;
+      proxy_buffering off;
+    }
+  }
+}
+EOF
+}
+
+# nginx_client_on TRANSPORT FQDN: the proxy has the client FQDN connected
+# by TRANSPORT now.
+nginx_client_on() {
+  curl -fsS --max-time 2 "$PROXY_URL/metrics" 2>/dev/null |
+    grep -q "^pushprox_proxy_client_connected{fqdn=\"$2\",transport=\"$1\"} 1"
+}
+
+# A blackbox exporter whose probe target accepts connections and never
+# answers: through the proxy, the probe must fail within the time the
+# client gives it (probe_success 0) while the scrape itself succeeds (up 1),
+# as without a proxy.
+write_blackbox_config() {
+  cat >"$TMP_DIR/blackbox.yml" <<EOF
+modules:
+  http_2xx:
+    prober: http
+    timeout: 60s
+EOF
+}
+
+start_hanging_target() {
+  start_bg hanging-target python3 -c '
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(64)
+held = []
+while True:
+    conn, _ = s.accept()
+    held.append(conn)
+' "$HANGING_PORT"
+}
+
 node_exporter_args() {
   echo --collector.disable-defaults --collector.loadavg --collector.meminfo \
     --web.listen-address="127.0.0.1:$1"
@@ -322,6 +406,39 @@ scrape_configs:
       _scheme: [https]
     static_configs:
       - targets: ['$FQDN:$NE_TLS_PORT']
+  # scheme: https the normal way: Prometheus sends CONNECT, the client
+  # dials the target, and TLS runs from Prometheus to the node exporter.
+  - job_name: connect
+    scheme: https
+    proxy_url: $PROXY_URL/
+    tls_config:
+      ca_file: $TMP_DIR/tls/ca.crt
+    static_configs:
+      - targets: ['$FQDN:$NE_TLS_PORT']
+  # Through nginx with a ${NGINX_READ_TIMEOUT}s proxy_read_timeout, scraped less often
+  # than that, so that every client connection sits idle past it.
+  - job_name: nginx-plain
+    scrape_interval: 5s
+    scrape_timeout: 4s
+    proxy_url: $PROXY_URL/
+    static_configs:
+      - targets: ['nginx-plain:$NE_PORT']
+  - job_name: nginx-ws
+    scrape_interval: 5s
+    scrape_timeout: 4s
+    proxy_url: $PROXY_URL/
+    static_configs:
+      - targets: ['nginx-ws:$NE_PORT']
+  - job_name: blackbox
+    scrape_interval: 5s
+    scrape_timeout: 4s
+    proxy_url: $PROXY_URL/
+    metrics_path: /probe
+    params:
+      module: [http_2xx]
+      target: ['http://127.0.0.1:$HANGING_PORT/']
+    static_configs:
+      - targets: ['$FQDN:$BLACKBOX_PORT']
   - job_name: noclient
     proxy_url: $PROXY_URL/
     static_configs:
@@ -393,6 +510,8 @@ locked_wrong_password_down() {
 
 make_certs
 write_locked_configs
+write_nginx_config
+write_blackbox_config
 
 # shellcheck disable=SC2046 # word splitting of the fixed argument list is intended
 start_bg node-exporter prometheus-node-exporter $(node_exporter_args "$NE_PORT")
@@ -414,6 +533,18 @@ start_bg locked-client "$CLIENT_BIN" --fqdn="$FQDN" --proxy-url="$LOCKED_PROXY_U
   --scrape.tls.cacert="$TMP_DIR/tls/ca.crt" --scrape.allow="$FQDN:$NE_AUTH_PORT/metrics" \
   --metrics-addr="127.0.0.1:$LOCKED_CLIENT_PORT" --web.config.file="$TMP_DIR/locked-client-web.yml" \
   --log.level=debug
+
+start_hanging_target
+start_bg blackbox prometheus-blackbox-exporter --config.file="$TMP_DIR/blackbox.yml" \
+  --web.listen-address="127.0.0.1:$BLACKBOX_PORT"
+start_bg nginx nginx -p "$TMP_DIR/nginx" -c "$TMP_DIR/nginx/nginx.conf" -g 'daemon off;'
+# Both clients answer for a name of their own and scrape the node exporter
+# on 127.0.0.1.
+start_bg client-nginx-plain "$CLIENT_BIN" --fqdn=nginx-plain --proxy-url="http://127.0.0.1:$NGINX_PLAIN_PORT" \
+  --use-localhost --allow-port="$NE_PORT" --metrics-addr="127.0.0.1:$NGINX_PLAIN_CLIENT_PORT" --log.level=debug
+start_bg client-nginx-ws "$CLIENT_BIN" --fqdn=nginx-ws --proxy-url="http://127.0.0.1:$NGINX_WS_PORT" \
+  --use-localhost --allow-port="$NE_PORT" --metrics-addr="127.0.0.1:$NGINX_WS_CLIENT_PORT" \
+  --tunnel.ping-interval=1s --log.level=debug
 
 wait_for 15 http_ok "http://127.0.0.1:$NE_PORT/metrics" ||
   die "node exporter did not come up"
@@ -453,6 +584,14 @@ check_query 'up{job="filesd"} carries the client labels env="e2e", rack="r1"' 10
 check_query 'up{job="httpsd"} == 1 with the client labels (http_sd from /clients?label=env=e2e)' 30 \
   'up{job="httpsd",env="e2e",rack="r1"}' "$ALL_ONE"
 check_query 'up{job="https"} == 1' 20 'up{job="https"}' "$ALL_ONE"
+check_query 'up{job="connect"} == 1 (scheme: https through CONNECT, TLS end to end)' 20 'up{job="connect"}' "$ALL_ONE"
+check 'nginx with defaults: the client polls through it' 20 nginx_client_on poll nginx-plain
+check 'nginx set up for WebSockets: the client keeps a tunnel through it' 20 nginx_client_on tunnel nginx-ws
+check_query 'up{job="nginx-plain"} == 1 (polls through nginx)' 30 'up{job="nginx-plain"}' "$ALL_ONE"
+check_query 'up{job="nginx-ws"} == 1 (a tunnel through nginx)' 30 'up{job="nginx-ws"}' "$ALL_ONE"
+check_query 'blackbox probe of a hanging target through the proxy: up == 1' 30 'up{job="blackbox"}' "$ALL_ONE"
+check_query 'blackbox probe of a hanging target through the proxy: probe_success == 0' 10 \
+  'probe_success{job="blackbox"} == 0' "$NON_EMPTY"
 check 'up{job="noclient"} == 0 with lastError' 20 noclient_down_with_error
 log "noclient lastError: $(target_info noclient | jq -r '.[0].lastError // "<none>"' 2>/dev/null || true)"
 
@@ -480,11 +619,21 @@ check 'proxy and client answer /-/healthy and /-/ready' 10 health_ok
 
 # The failing job must not disturb the others: each must have at least three
 # scrapes in the last 8s (four intervals), and all of them successful.
-for job in static filesd httpsd https locked; do
+for job in static filesd httpsd https connect locked; do
   check_query "up{job=\"$job\"} stays 1" 15 \
     "min_over_time(up{job=\"$job\"}[8s]) == 1 and count_over_time(up{job=\"$job\"}[8s]) >= 3" \
     "$ALL_ONE"
 done
+
+# Across idle gaps longer than nginx' read timeout, every scrape through it
+# succeeds: at least three in the last 14s, all up.
+for job in nginx-plain nginx-ws; do
+  check_query "up{job=\"$job\"} stays 1 across nginx' idle cuts" 20 \
+    "min_over_time(up{job=\"$job\"}[14s]) == 1 and count_over_time(up{job=\"$job\"}[14s]) >= 3" \
+    "$ALL_ONE"
+done
+check 'nginx with WebSockets: the tunnel was never replaced' 5 \
+  bash -c "[[ \$(grep -c 'tunnel open' '$TMP_DIR/client-nginx-ws.log') == 1 ]]"
 
 if ((${#FAILED[@]} > 0)); then
   log "FAILED checks:"

@@ -33,6 +33,7 @@ type options struct {
 	scenarios  string
 	target     targetOptions
 	timeout    time.Duration
+	transport  string // the clients' --proxy.transport
 
 	smallSize        int
 	smallClients     int
@@ -54,6 +55,7 @@ func main() {
 	flag.StringVar(&o.proxyPath, "proxy", "./pushprox-proxy", "path of the pushprox-proxy binary")
 	flag.StringVar(&o.clientPath, "client", "./pushprox-client", "path of the pushprox-client binary")
 	flag.StringVar(&o.scenarios, "scenarios", "1,2,3", "scenarios to run, comma separated")
+	flag.StringVar(&o.transport, "client.transport", "auto", "the clients' --proxy.transport: auto, tunnel or poll")
 	flag.DurationVar(&o.timeout, "timeout", 8*time.Minute, "the longest the whole run may take")
 	flag.IntVar(&o.smallSize, "small.size", 2048, "scenario 1: payload size in bytes")
 	flag.IntVar(&o.smallClients, "small.clients", 50, "scenario 1: client processes")
@@ -143,13 +145,15 @@ func logf(format string, args ...any) {
 }
 
 // waitParked waits until the proxy has n polls parked.
+// waitParked waits until n clients are connected: a poll parked or a
+// tunnel attached each.
 func waitParked(ctx context.Context, addr string, n int, limit time.Duration) error {
-	return waitFor(ctx, limit, fmt.Sprintf("%d parked polls", n), func() (bool, error) {
-		m, err := proxyMetrics(ctx, addr, "pushprox_proxy_parked_polls")
+	return waitFor(ctx, limit, fmt.Sprintf("%d parked polls or tunnels", n), func() (bool, error) {
+		m, err := proxyMetrics(ctx, addr, "pushprox_proxy_parked_polls", "pushprox_proxy_tunnels")
 		if err != nil {
 			return false, err
 		}
-		return m["pushprox_proxy_parked_polls"] >= float64(n), nil
+		return m["pushprox_proxy_parked_polls"]+m["pushprox_proxy_tunnels"] >= float64(n), nil
 	})
 }
 
@@ -233,7 +237,7 @@ func smallScenario(ctx context.Context, o options, t *table) error {
 	}
 	clientPids := make([]int, 0, o.smallClients)
 	for i := range o.smallClients {
-		c, err := startClient(o.clientPath, addr, fmt.Sprintf("c%d", i), tgt.port)
+		c, err := startClient(o.clientPath, addr, fmt.Sprintf("c%d", i), tgt.port, o.transport)
 		if err != nil {
 			return err
 		}
@@ -342,7 +346,7 @@ func largeScenario(ctx context.Context, o options, t *table) error {
 	if err != nil {
 		return err
 	}
-	client, err := startClient(o.clientPath, addr, "big", tgt.port)
+	client, err := startClient(o.clientPath, addr, "big", tgt.port, o.transport)
 	if err != nil {
 		return err
 	}

@@ -181,8 +181,9 @@ func startProxy(path string, extra ...string) (*child, string, error) {
 
 // startClient runs one client binary that answers for fqdn and scrapes the
 // target on 127.0.0.1:targetPort.
-func startClient(path, proxyAddr, fqdn string, targetPort int) (*child, error) {
+func startClient(path, proxyAddr, fqdn string, targetPort int, transport string) (*child, error) {
 	return startChild("client "+fqdn, path, []string{
+		"--proxy.transport=" + transport,
 		"--fqdn=" + fqdn,
 		"--proxy-url=http://" + proxyAddr + "/",
 		"--use-localhost",

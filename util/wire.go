@@ -66,6 +66,32 @@ func EncodeScrapeRequest(r *http.Request, id string, timeout time.Duration) ([]b
 	return buf.Bytes(), nil
 }
 
+// EncodeConnectRequest serializes a CONNECT to target (host:port) for
+// a tunnel stream: the client dials target within dialTimeout and answers
+// 200 before the stream carries the connection's bytes both ways.
+func EncodeConnectRequest(target, id string, dialTimeout time.Duration) []byte {
+	return []byte("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n" +
+		HeaderID + ": " + id + "\r\n" +
+		HeaderScrapeTimeoutSeconds + ": " + FormatSeconds(dialTimeout) + "\r\n\r\n")
+}
+
+// DecodeStreamRequest reads what a tunnel stream asks for: a scrape request
+// as DecodeScrapeRequest reads it, or a CONNECT as EncodeConnectRequest
+// writes it (Method CONNECT, the target in Host).
+func DecodeStreamRequest(r *bufio.Reader) (*http.Request, error) {
+	req, err := http.ReadRequest(r)
+	if err != nil {
+		return nil, fmt.Errorf("not a scrape request: %w", err)
+	}
+	if req.Method == http.MethodConnect {
+		if req.Header.Get(HeaderID) == "" || req.Host == "" {
+			return nil, fmt.Errorf("not a CONNECT request: no %s or no target", HeaderID)
+		}
+		return req, nil
+	}
+	return checkScrapeRequest(req)
+}
+
 // DecodeScrapeRequest reads one scrape request from r, as encoded by
 // EncodeScrapeRequest: an absolute URL (a CONNECT request has a host but no
 // scheme and is refused) and an Id. Its body, if any, is read into memory.
@@ -74,6 +100,10 @@ func DecodeScrapeRequest(r *bufio.Reader) (*http.Request, error) {
 	if err != nil {
 		return nil, fmt.Errorf("not a scrape request: %w", err)
 	}
+	return checkScrapeRequest(req)
+}
+
+func checkScrapeRequest(req *http.Request) (*http.Request, error) {
 	if !req.URL.IsAbs() || req.URL.Host == "" {
 		return nil, fmt.Errorf("not a scrape request: %q is not an absolute URL", req.RequestURI)
 	}

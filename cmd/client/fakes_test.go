@@ -122,6 +122,11 @@ func newFakeProxy(t *testing.T) *fakeProxy {
 		pushesGivenUp: make(chan struct{}, 16),
 	}
 	fp.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/tunnel") {
+			// As the reference proxy: no tunnels, so the client polls.
+			http.NotFound(w, r)
+			return
+		}
 		seen := polled{path: r.URL.Path, header: r.Header.Clone(), authorization: r.Header.Get("Authorization")}
 		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 			seen.clientCert = r.TLS.PeerCertificates[0]

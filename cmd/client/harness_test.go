@@ -32,6 +32,8 @@ func testConfig(proxy *url.URL, fqdn string) config {
 		pollWait:             30 * time.Second,
 		maxConcurrentScrapes: 16,
 		shutdownTimeout:      waitLimit,
+		transport:            transportAuto,
+		tunnelPingInterval:   15 * time.Second,
 		logLevel:             "info",
 		logFormat:            "logfmt",
 	}

@@ -59,6 +59,8 @@ type config struct {
 	pollWait             time.Duration
 	maxConcurrentScrapes int
 	proxyResolveAll      bool
+	transport            string
+	tunnelPingInterval   time.Duration
 	shutdownTimeout      time.Duration
 	resolveInterval      time.Duration // how often --proxy.resolve-all resolves; zero means defaultResolveInterval; not a flag
 	refuseTimeout        time.Duration // bounds sending a scrape error; zero means defaultRefuseTimeout; not a flag
@@ -94,6 +96,8 @@ func (c config) validate() error {
 		return errors.New("--proxy.poll-wait must not be negative")
 	case c.pollWait > 0 && c.pollWait < time.Second:
 		return errors.New("--proxy.poll-wait must be 0 or at least 1s")
+	case c.tunnelPingInterval <= 0:
+		return errors.New("--tunnel.ping-interval must be positive")
 	case c.maxConcurrentScrapes < 1:
 		return errors.New("--scrape.max-concurrency must be at least 1")
 	case c.shutdownTimeout < 0:
@@ -134,6 +138,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		Default("30s").DurationVar(&cfg.pollWait)
 	app.Flag("scrape.max-concurrency", "Most scrapes served at once.").
 		Default("16").IntVar(&cfg.maxConcurrentScrapes)
+	app.Flag("proxy.transport", "How to reach the proxy: tunnel (one multiplexed connection), poll (long polls, as the reference client), or auto (a tunnel where the proxy offers one, polls otherwise).").
+		Default(transportAuto).EnumVar(&cfg.transport, transportAuto, transportTunnel, transportPoll)
+	app.Flag("tunnel.ping-interval", "How often the client pings its tunnel; keep it well under the idle timeout of load balancers in between. A dead tunnel is noticed within about two intervals.").
+		Default("15s").DurationVar(&cfg.tunnelPingInterval)
 	app.Flag("proxy.resolve-all", "Poll every address each --proxy-url's host resolves to (proxy replicas behind a Kubernetes headless Service), resolving again every 30s.").
 		BoolVar(&cfg.proxyResolveAll)
 	app.Flag("label", "Label name=value announced to the proxy for service discovery; repeatable (in the environment, one per line).").

@@ -144,7 +144,7 @@ func TestClientBinaryServesAndStopsOnSignal(t *testing.T) {
 	body, _ = io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, name := range []string{"pushprox_client_scrape_errors_total", "pushprox_client_push_errors_total", "pushprox_client_poll_errors_total",
-		"pushprox_client_poll_cuts_total", "pushprox_client_scrape_duration_seconds_count", `pushprox_client_transport{transport="poll"} 1`} {
+		"pushprox_client_poll_cuts_total", "pushprox_client_scrape_duration_seconds_count", `pushprox_client_transport{transport="tunnel"} 1`} {
 		if !strings.Contains(string(body), name) {
 			t.Errorf("client metrics lack %s", name)
 		}

@@ -58,7 +58,6 @@ func (c *client) Run(ctx context.Context) {
 	// A scrape already taken is finished even when the client stops.
 	scrapeCtx, cancelScrapes := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelScrapes()
-	c.metrics.setTransport(transportPoll)
 	var loops sync.WaitGroup
 	for _, proxyURL := range c.cfg.proxyURLs {
 		loops.Add(1)
@@ -68,7 +67,7 @@ func (c *client) Run(ctx context.Context) {
 				c.resolveLoop(ctx, scrapeCtx, proxyURL)
 				return
 			}
-			c.pollLoop(ctx, scrapeCtx, &upstream{url: proxyURL, http: c.proxyClient})
+			c.serveUpstream(ctx, scrapeCtx, &upstream{url: proxyURL, http: c.proxyClient})
 		}()
 	}
 	loops.Wait()

@@ -79,7 +79,7 @@ func (c *client) resolveLoop(ctx, scrapeCtx context.Context, proxyURL *url.URL) 
 				go func() {
 					defer loops.Done()
 					defer up.http.CloseIdleConnections()
-					c.pollLoop(loopCtx, scrapeCtx, up)
+					c.serveUpstream(loopCtx, scrapeCtx, up)
 				}()
 			}
 		}

@@ -187,7 +187,7 @@ func (s *security) handler(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), authUserKey{}, user)))
 			return
 		}
-		if !isProxy && (r.URL.Path == "/poll" || r.URL.Path == "/push") && verifiedLeaf(r) != nil {
+		if !isProxy && (r.URL.Path == "/poll" || r.URL.Path == "/push" || r.URL.Path == "/tunnel") && verifiedLeaf(r) != nil {
 			next.ServeHTTP(w, r)
 			return
 		}

@@ -16,22 +16,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/rancher/pushprox/internal/rendezvous"
 	"github.com/rancher/pushprox/internal/testbin"
 	"github.com/rancher/pushprox/internal/testpki"
 	"github.com/rancher/pushprox/util"
 )
-
-// busy reports the scrapes queued or in flight and the clients known.
-func (sp *secProxy) busy() (scrapes, clients int) {
-	c := sp.coord
-	c.mu.Lock()
-	for _, queued := range c.queued {
-		scrapes += len(queued)
-	}
-	scrapes += len(c.inflight)
-	c.mu.Unlock()
-	return scrapes, len(c.clientList())
-}
 
 func TestWrongOrMissingCredentialsAreRefusedAndNothingHappens(t *testing.T) {
 	sp := startSecProxy(t, false, secWebConfig(t, secPasswords))
@@ -192,10 +181,10 @@ func TestCertificateBindsPollsToItsNames(t *testing.T) {
 			}()
 			if tc.reason == "" {
 				// Accepted: the poll parks. Ending it unparks it.
-				waitFor(t, "the poll to park", func() bool { return sp.coord.parkedCount() == 1 })
+				waitFor(t, "the poll to park", func() bool { return sp.hub.Stats().Parked == 1 })
 				cancel()
 				<-answered
-				waitFor(t, "the poll to unpark", func() bool { return sp.coord.parkedCount() == 0 })
+				waitFor(t, "the poll to unpark", func() bool { return sp.hub.Stats().Parked == 0 })
 				return
 			}
 			resp := <-answered
@@ -207,7 +196,7 @@ func TestCertificateBindsPollsToItsNames(t *testing.T) {
 			if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), tc.reason) {
 				t.Errorf("poll answered %s %q, want 403 saying %q", resp.Status, body, tc.reason)
 			}
-			if sp.coord.known(strings.TrimSpace(tc.fqdn)) {
+			if sp.hub.Known(strings.TrimSpace(tc.fqdn)) {
 				t.Errorf("refused poll registered %s", tc.fqdn)
 			}
 		})
@@ -236,7 +225,7 @@ func TestPushForAScrapeHandedToAnotherClientIsForbidden(t *testing.T) {
 					http.Header{util.HeaderScrapeTimeoutSeconds: {"30"}})
 				id := sp.pollScrape(t, tc.poller, "node1").Header.Get(util.HeaderID)
 				code, reason := sp.pushAnswer(t, tc.intruder, id, "injected 1\n")
-				if code != http.StatusForbidden || !strings.Contains(reason, errWrongClient.Error()) {
+				if code != http.StatusForbidden || !strings.Contains(reason, rendezvous.ErrWrongClient.Error()) {
 					t.Errorf("intruder's push answered %d %q, want 403", code, reason)
 				}
 				// The scrape is still its poller's to answer.
@@ -312,28 +301,37 @@ func TestLockedDownRoundTripThroughRealClient(t *testing.T) {
 			return []string{"--proxy-url=https://" + sp.addr, "--tls.cert=" + certFile, "--tls.key=" + keyFile}
 		}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			sp := startSecProxy(t, tc.bind, secWebConfig(t, secPasswords))
-			args := append([]string{
-				"--fqdn=127.0.0.1",
-				"--tls.cacert=" + filepath.Join(sp.dir, "ca.crt"),
-				"--metrics-addr=127.0.0.1:0",
-				"--proxy.retry.initial-wait=50ms",
-				"--proxy.retry.max-wait=200ms",
-				"--log.level=debug",
-			}, tc.args(sp)...)
-			client := testbin.Start(t, clientBinary, args...)
-			client.WaitForOutput(clientPolling)
-			waitFor(t, "the client's poll to park", func() bool { return sp.coord.parkedCount() == 1 })
+		for _, transport := range []string{"poll", "tunnel"} {
+			t.Run(tc.name+" over "+transport, func(t *testing.T) {
+				sp := startSecProxy(t, tc.bind, secWebConfig(t, secPasswords))
+				args := append([]string{
+					"--proxy.transport=" + transport,
+					"--fqdn=127.0.0.1",
+					"--tls.cacert=" + filepath.Join(sp.dir, "ca.crt"),
+					"--metrics-addr=127.0.0.1:0",
+					"--proxy.retry.initial-wait=50ms",
+					"--proxy.retry.max-wait=200ms",
+					"--log.level=debug",
+				}, tc.args(sp)...)
+				client := testbin.Start(t, clientBinary, args...)
+				client.WaitForOutput(clientPolling)
+				waitFor(t, "the client to connect by "+transport, func() bool {
+					st := sp.hub.Stats()
+					return st.Parked == 1 || st.Tunnels == 1
+				})
 
-			result := <-sp.goScrapeAs(t, url.UserPassword("prometheus", "scrape-secret"), targetURL,
-				http.Header{util.HeaderScrapeTimeoutSeconds: {"30"}})
-			if result.err != nil {
-				t.Fatal(result.err)
-			}
-			if result.resp.StatusCode != http.StatusOK || result.body != target.body {
-				t.Errorf("Prometheus got %s %q, want the target's answer", result.resp.Status, result.body)
-			}
-		})
+				result := <-sp.goScrapeAs(t, url.UserPassword("prometheus", "scrape-secret"), targetURL,
+					http.Header{util.HeaderScrapeTimeoutSeconds: {"30"}})
+				if result.err != nil {
+					t.Fatal(result.err)
+				}
+				if result.resp.StatusCode != http.StatusOK || result.body != target.body {
+					t.Errorf("Prometheus got %s %q, want the target's answer", result.resp.Status, result.body)
+				}
+				if transport == "tunnel" && sp.hub.Stats().Tunnels != 1 {
+					t.Errorf("no tunnel attached: the locked-down proxy refused it")
+				}
+			})
+		}
 	}
 }

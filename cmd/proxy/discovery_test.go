@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rancher/pushprox/internal/rendezvous"
 	"github.com/rancher/pushprox/util"
 )
 
@@ -107,7 +108,7 @@ func TestHealthAndReadiness(t *testing.T) {
 	if code, _, _ := getBody(t, tp.srv.URL+"/-/ready"); code != http.StatusOK {
 		t.Errorf("/-/ready: %d", code)
 	}
-	tp.coord.shutdown()
+	tp.hub.Shutdown()
 	if code, _, _ := getBody(t, tp.srv.URL+"/-/ready"); code != http.StatusServiceUnavailable {
 		t.Errorf("/-/ready while shutting down: %d, want 503", code)
 	}
@@ -137,7 +138,7 @@ func TestClientServesEveryProxy(t *testing.T) {
 			}
 			// One proxy goes away; the other keeps serving every scrape.
 			dead, alive := proxies[dies], proxies[1-dies]
-			dead.coord.shutdown()
+			dead.hub.Shutdown()
 			dead.srv.CloseClientConnections()
 			dead.srv.Close()
 			for i := 0; i < 5; i++ {
@@ -184,7 +185,7 @@ func TestLabelSetsPerFQDNAreBounded(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	for i := 0; i < maxRegistrationsPerFQDN; i++ {
+	for i := 0; i < rendezvous.MaxLabelSetsPerFQDN; i++ {
 		if code := pollWithLabels(fmt.Sprint(i)); code != http.StatusNoContent {
 			t.Fatalf("label set %d: %d, want 204", i, code)
 		}
@@ -195,8 +196,8 @@ func TestLabelSetsPerFQDNAreBounded(t *testing.T) {
 	if code := pollWithLabels("0"); code != http.StatusNoContent {
 		t.Errorf("a registered label set: %d, want 204", code)
 	}
-	if got := len(tp.coord.clientList()); got != maxRegistrationsPerFQDN {
-		t.Errorf("%d registrations listed, want %d", got, maxRegistrationsPerFQDN)
+	if got := len(tp.hub.Clients(0, 0)); got != rendezvous.MaxLabelSetsPerFQDN {
+		t.Errorf("%d registrations listed, want %d", got, rendezvous.MaxLabelSetsPerFQDN)
 	}
 }
 
@@ -221,16 +222,38 @@ func TestRegistrationsAreBoundedInTotal(t *testing.T) {
 			t.Fatalf("%s: %d, want 204", fqdn, code)
 		}
 	}
-	if code := pollAs("d.example"); code != http.StatusTooManyRequests {
-		t.Errorf("a client beyond --registration.max-clients: %d, want 429", code)
-	}
-	if code := pollAs("a.example"); code != http.StatusNoContent {
+	// A full registry makes room by forgetting the client seen least
+	// recently among those without a live poll.
+	clock.advance(time.Second)
+	if code := pollAs("b.example"); code != http.StatusNoContent {
 		t.Errorf("a known client: %d, want 204", code)
 	}
+	if code := pollAs("d.example"); code != http.StatusNoContent {
+		t.Errorf("a client beyond --registration.max-clients with idle ones to forget: %d, want 204", code)
+	}
+	if tp.hub.Known("a.example") || !tp.hub.Known("b.example") {
+		t.Errorf("the least recently seen client a.example should be the one forgotten")
+	}
+	// Clients with live polls are never forgotten for a newcomer: it gets 429.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, fqdn := range []string{"b.example", "c.example", "d.example"} {
+		go func() {
+			if resp, err := tp.poll(ctx, fqdn, nil); err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	tp.waitParked(t, 3)
+	if code := pollAs("e.example"); code != http.StatusTooManyRequests {
+		t.Errorf("a client beyond --registration.max-clients, all connected: %d, want 429", code)
+	}
+	cancel()
+	tp.waitParked(t, 0)
 	// Once the others are forgotten, there is room again.
 	clock.advance(2 * cfg.registrationTimeout)
-	tp.coord.collectGarbage(clock.Now())
-	if code := pollAs("d.example"); code != http.StatusNoContent {
+	tp.hub.CollectGarbage()
+	if code := pollAs("e.example"); code != http.StatusNoContent {
 		t.Errorf("after garbage collection: %d, want 204", code)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -177,34 +178,31 @@ func (tp *testProxy) waitOutcome(t *testing.T, outcome string, n float64) {
 
 // queuedCount returns the number of scrapes waiting for a poll.
 func (tp *testProxy) queuedCount() int {
-	tp.coord.mu.Lock()
-	defer tp.coord.mu.Unlock()
-	n := 0
-	for _, scrapes := range tp.coord.queued {
-		n += len(scrapes)
-	}
-	return n
+	return tp.hub.Stats().Queued
 }
 
 // inflightCount returns the number of scrapes handed to a client and not
 // yet pushed.
 func (tp *testProxy) inflightCount() int {
-	tp.coord.mu.Lock()
-	defer tp.coord.mu.Unlock()
-	return len(tp.coord.inflight)
+	return tp.hub.Stats().Inflight
 }
 
 // clientArgs are the flags of a real client polling proxyURL as fqdn, with
-// fast retries and debug logs.
+// fast retries and debug logs. It polls unless extra names a transport:
+// most tests here are about polls.
 func clientArgs(fqdn, proxyURL string, extra ...string) []string {
-	return append([]string{
+	args := []string{
 		"--fqdn=" + fqdn,
 		"--proxy-url=" + proxyURL,
 		"--metrics-addr=127.0.0.1:0",
 		"--proxy.retry.initial-wait=50ms",
 		"--proxy.retry.max-wait=200ms",
 		"--log.level=debug",
-	}, extra...)
+	}
+	if !slices.ContainsFunc(extra, func(arg string) bool { return strings.HasPrefix(arg, "--proxy.transport=") }) {
+		args = append(args, "--proxy.transport=poll")
+	}
+	return append(args, extra...)
 }
 
 var clientPolling = regexp.MustCompile(`msg=polling`)
@@ -449,7 +447,7 @@ func TestScrapesSurviveLoadBalancerCuttingIdlePolls(t *testing.T) {
 					// end, while the client backs off before polling again.
 					ended := tp.pollsEnded(t)
 					if !lb.nextPollCut() {
-						t.Fatalf("no poll cut within 30s after %d cuts (%d of polls), %v parked:\n%s", lb.cuts.Load(), lb.pollCuts.Load(), tp.coord.parkedCount(), client.Output())
+						t.Fatalf("no poll cut within 30s after %d cuts (%d of polls), %v parked:\n%s", lb.cuts.Load(), lb.pollCuts.Load(), tp.hub.Stats().Parked, client.Output())
 					}
 					waitFor(t, "the proxy to end the cut poll", func() bool { return tp.pollsEnded(t) > ended })
 				} else {
@@ -645,7 +643,7 @@ func TestDuplicateClientsAreBothServed(t *testing.T) {
 			t.Errorf("a poll was evicted:\n%s", p.Output())
 		}
 	}
-	if n := tp.coord.clientCount(); n != 1 {
+	if n := tp.hub.Stats().Clients; n != 1 {
 		t.Errorf("%d clients known, want the one FQDN", n)
 	}
 }
@@ -821,7 +819,7 @@ func TestHostileFQDNsAreRefused(t *testing.T) {
 			}
 		})
 	}
-	if got := tp.coord.clientList(); len(got) != 2 {
+	if got := tp.hub.Clients(0, 0); len(got) != 2 {
 		t.Errorf("known clients %v, want only the two valid names", got)
 	}
 }
@@ -871,7 +869,6 @@ func TestOversizedPushIsRefusedAndPrometheusSeesABrokenTransfer(t *testing.T) {
 		name    string
 		chunked bool
 	}{
-		{name: "with Content-Length"},
 		{name: "chunked", chunked: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -905,6 +902,27 @@ func TestOversizedPushIsRefusedAndPrometheusSeesABrokenTransfer(t *testing.T) {
 			}
 		})
 	}
+	// With a length, the push is known to be too large before a byte is
+	// relayed: Prometheus gets the reason, not a truncated body.
+	t.Run("with Content-Length", func(t *testing.T) {
+		poll := rawPoll(t, tp.srv.Listener.Addr().String(), "node1")
+		tp.waitParked(t, 1)
+		result := goScrape(context.Background(), tp.srv.URL, "http://node1:9100/metrics", "30")
+		id := readScrape(t, poll).Header.Get(util.HeaderID)
+		header := util.AnswerHeader(http.Header{}, id, 0, false, int64(len(big)))
+		push := io.MultiReader(bytes.NewReader(util.EncodeAnswerHead(http.StatusOK, "", header)), strings.NewReader(big))
+		code, text, err := pushTo(tp.srv.URL, push)
+		if err != nil {
+			t.Fatalf("push: %v", err)
+		}
+		if code != http.StatusRequestEntityTooLarge {
+			t.Errorf("push answered %d %q, want 413", code, text)
+		}
+		r := await(t, "the scrape", result)
+		if r.err != nil || r.status != http.StatusBadGateway || !strings.Contains(string(r.body), "--push.max-body-size") {
+			t.Errorf("Prometheus got %d %q (%v), want a 502 naming --push.max-body-size", r.status, r.body, r.err)
+		}
+	})
 }
 
 // A client that sends its request head byte by byte must not hold a

@@ -29,7 +29,7 @@ func newFuzzProxy(f *testing.F) *proxy {
 	reg := prometheus.NewRegistry()
 	p := newProxy(cfg, log.NewNopLogger(), reg, reg)
 	f.Cleanup(func() {
-		p.coord.shutdown()
+		p.hub.Shutdown()
 		p.close()
 	})
 	return p
@@ -220,7 +220,7 @@ func FuzzPollBody(f *testing.F) {
 		if rec.Code != http.StatusNoContent && strings.TrimSpace(rec.Body.String()) == "" {
 			t.Errorf("poll refused with %d without a reason", rec.Code)
 		}
-		if n := p.coord.parkedCount(); n != 0 {
+		if n := p.hub.Stats().Parked; n != 0 {
 			t.Fatalf("%d polls still parked", n)
 		}
 	})

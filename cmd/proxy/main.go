@@ -40,6 +40,10 @@ type config struct {
 	logFormat           string
 	webConfigFile       string
 	bindFQDNToCert      bool
+	tunnelPingInterval  time.Duration
+	connectMaxPerClient int
+	connectMaxTotal     int
+	connectIdleTimeout  time.Duration
 
 	// clock tells the time for client registrations; nil means time.Now.
 	// Tests replace it.
@@ -65,6 +69,12 @@ func (c config) validate() error {
 		return errors.New("--registration.max-clients must be positive")
 	case c.maxPushBytes <= 0:
 		return errors.New("--push.max-body-size must be positive")
+	case c.connectMaxPerClient <= 0 || c.connectMaxTotal <= 0:
+		return errors.New("--connect.max-per-client and --connect.max-total must be positive")
+	case c.connectIdleTimeout <= 0:
+		return errors.New("--connect.idle-timeout must be positive")
+	case c.tunnelPingInterval <= 0:
+		return errors.New("--tunnel.ping-interval must be positive")
 	case c.shutdownTimeout < 0:
 		return errors.New("--web.shutdown-timeout must not be negative")
 	}
@@ -91,6 +101,14 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		Default("1GiB").Bytes()
 	app.Flag("web.shutdown-timeout", "How long a stopping proxy waits for scrapes in flight.").
 		Default("15s").DurationVar(&cfg.shutdownTimeout)
+	app.Flag("tunnel.ping-interval", "How often the proxy pings each client tunnel; keep it well under the idle timeout of load balancers in between. A dead tunnel is noticed within about two intervals.").
+		Default("15s").DurationVar(&cfg.tunnelPingInterval)
+	app.Flag("connect.max-per-client", "Most CONNECT tunnels (scheme: https targets) open at once through one client.").
+		Default("32").IntVar(&cfg.connectMaxPerClient)
+	app.Flag("connect.max-total", "Most CONNECT tunnels open at once through the proxy.").
+		Default("4096").IntVar(&cfg.connectMaxTotal)
+	app.Flag("connect.idle-timeout", "How long a CONNECT tunnel may carry no byte either way before it is closed; keep it above the scrape interval so that Prometheus can reuse it.").
+		Default("5m").DurationVar(&cfg.connectIdleTimeout)
 	app.LogFlags(&cfg.logLevel, &cfg.logFormat)
 	app.Flag("web.config.file", "Exporter-toolkit web config file for TLS, client certificate verification and basic-auth users; re-read when it changes.").
 		ExistingFileVar(&cfg.webConfigFile)

@@ -100,7 +100,7 @@ func TestShutdownLetsHandedScrapesFinish(t *testing.T) {
 	tp := startProxy(t, defaultConfig())
 	client := &fakeClient{tp: tp, fqdn: "node1", answer: func(*http.Request) *http.Response {
 		// The proxy stops while this scrape is with the client.
-		tp.coord.shutdown()
+		tp.hub.Shutdown()
 		return textResponse(http.StatusOK, "finished\n")
 	}}
 	done := make(chan struct{})

@@ -8,16 +8,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Outcomes of a proxied scrape, the values of the outcome label.
-const (
-	outcomeDelivered     = "delivered"      // the client's answer reached Prometheus
-	outcomeTargetError   = "target_error"   // the client pushed a 5xx: target down or scrape refused
-	outcomeNoClient      = "no_client"      // no poll of the FQDN arrived in time
-	outcomeClientTimeout = "client_timeout" // a client took the scrape but did not push in time
-	outcomeAborted       = "aborted"        // Prometheus went away, or the transfer broke
-	outcomeRefused       = "refused"        // bad request, or the proxy is shutting down
-)
-
 // metrics are the proxy's own metrics.
 type metrics struct {
 	httpRequests   *prometheus.CounterVec
@@ -31,16 +21,8 @@ type metrics struct {
 	proxiedBytes   prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, coord *coordinator) *metrics {
+func newMetrics(reg prometheus.Registerer) *metrics {
 	factory := promauto.With(reg)
-	factory.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "pushprox_proxy_clients",
-		Help: "Number of known clients.",
-	}, func() float64 { return float64(coord.clientCount()) })
-	factory.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "pushprox_proxy_parked_polls",
-		Help: "Number of client polls parked, waiting for a scrape.",
-	}, func() float64 { return float64(coord.parkedCount()) })
 	outcomes := factory.NewCounterVec(prometheus.CounterOpts{
 		Name: "pushprox_proxy_scrapes_total",
 		Help: "Proxied scrapes by outcome.",
@@ -53,6 +35,15 @@ func newMetrics(reg prometheus.Registerer, coord *coordinator) *metrics {
 		Help:    "Time of delivered scrapes by phase: waiting for a poll of the target's client, and the client's round trip until its push arrives.",
 		Buckets: []float64{.001, .005, .01, .05, .1, .5, 1, 5, 10, 30},
 	}, []string{"phase"})
+	rejected := factory.NewCounterVec(prometheus.CounterOpts{
+		Name: "pushprox_proxy_pushes_rejected_total",
+		Help: "Pushes refused, by reason.",
+	}, []string{"reason"})
+	// Every reason exists from the start, so that rates over it work
+	// before the first refusal.
+	for _, reason := range []string{"malformed", "unknown_id", "expired", "forbidden", "too_large", "undelivered"} {
+		rejected.WithLabelValues(reason)
+	}
 	return &metrics{
 		scrapeWait:   phases.WithLabelValues("wait_for_poll"),
 		scrapeClient: phases.WithLabelValues("client"),
@@ -69,6 +60,8 @@ func newMetrics(reg prometheus.Registerer, coord *coordinator) *metrics {
 			Help:    "Time taken by HTTP requests to the proxy's own endpoints.",
 			Buckets: []float64{.001, .01, .1, 1, 5, 15, 30, 60, 300},
 		}, []string{"path"}),
+		// The reference proxy's name, misspelt "pushproxy_": dashboards
+		// built for it count on it, so it stays.
 		proxied: factory.NewCounterVec(prometheus.CounterOpts{
 			Name: "pushproxy_proxied_requests_total",
 			Help: "Number of scrapes proxied, by the status answered to Prometheus.",
@@ -78,10 +71,7 @@ func newMetrics(reg prometheus.Registerer, coord *coordinator) *metrics {
 			Name: "pushprox_proxy_polls_empty_total",
 			Help: "Polls answered without a scrape because their wait preference passed.",
 		}),
-		pushesRejected: factory.NewCounterVec(prometheus.CounterOpts{
-			Name: "pushprox_proxy_pushes_rejected_total",
-			Help: "Pushes refused, by reason.",
-		}, []string{"reason"}),
+		pushesRejected: rejected,
 	}
 }
 

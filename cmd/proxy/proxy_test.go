@@ -37,6 +37,10 @@ func defaultConfig() config {
 		maxClients:          1000,
 		maxPushBytes:        64 << 20,
 		shutdownTimeout:     5 * time.Second,
+		tunnelPingInterval:  15 * time.Second,
+		connectMaxPerClient: 32,
+		connectMaxTotal:     4096,
+		connectIdleTimeout:  5 * time.Minute,
 	}
 }
 
@@ -48,7 +52,7 @@ func startProxy(t *testing.T, cfg config) *testProxy {
 	t.Cleanup(func() {
 		// Parked polls end first, so that closing the server does not wait
 		// for them.
-		p.coord.shutdown()
+		p.hub.Shutdown()
 		srv.Close()
 		p.close()
 	})
@@ -119,7 +123,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // waitParked waits until n polls are parked.
 func (tp *testProxy) waitParked(t *testing.T, n int) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("%d parked polls", n), func() bool { return tp.coord.parkedCount() == n })
+	waitFor(t, fmt.Sprintf("%d parked polls", n), func() bool { return tp.hub.Stats().Parked == n })
 }
 
 // fakeClient answers scrapes of fqdn in-process the way the reference client
@@ -392,7 +396,7 @@ func TestBadPollsAreRejected(t *testing.T) {
 			}
 		})
 	}
-	if n := len(tp.coord.clientList()); n != 0 {
+	if n := len(tp.hub.Clients(0, 0)); n != 0 {
 		t.Errorf("%d clients registered by bad polls", n)
 	}
 }
@@ -461,7 +465,7 @@ func TestClientsListsIdleConnectedClientsAndForgetsGoneOnes(t *testing.T) {
 	// Unparking is not enough: the poll ends, and the client's last contact
 	// is noted, only when its handler releases it.
 	waitFor(t, "the gone client's poll to end", func() bool {
-		for _, client := range tp.coord.clientList() {
+		for _, client := range tp.hub.Clients(0, 0) {
 			if client.FQDN == "gone.example" {
 				return client.Polls == 0
 			}
@@ -470,7 +474,7 @@ func TestClientsListsIdleConnectedClientsAndForgetsGoneOnes(t *testing.T) {
 	})
 
 	clock.advance(2 * cfg.registrationTimeout)
-	tp.coord.collectGarbage(clock.Now())
+	tp.hub.CollectGarbage()
 
 	resp, err := http.Get(tp.srv.URL + "/clients")
 	if err != nil {
@@ -517,7 +521,7 @@ func TestMetricNames(t *testing.T) {
 	}
 }
 
-func TestConnectIsRefusedWithAdvice(t *testing.T) {
+func TestConnectForAHostWithoutClientIsRefusedAtOnce(t *testing.T) {
 	tp := startProxy(t, defaultConfig())
 	conn, err := net.Dial("tcp", tp.srv.Listener.Addr().String())
 	if err != nil {
@@ -533,7 +537,7 @@ func TestConnectIsRefusedWithAdvice(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusMethodNotAllowed || !strings.Contains(string(body), "_scheme=https") {
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), `no client connected as "node1"`) {
 		t.Errorf("got %s %q", resp.Status, body)
 	}
 }

@@ -4,15 +4,12 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"testing"
 	"time"
-
-	"github.com/rancher/pushprox/util"
 )
 
 // A proxy request whose body trickles in (a broken or hostile peer; Prometheus
@@ -71,45 +68,5 @@ func TestStalledPollBodyIsAnsweredAtItsTimeout(t *testing.T) {
 	}
 	if resp.StatusCode != http.StatusBadRequest || !resp.Close {
 		t.Errorf("got %s (close %v), want 400 and the connection closed", resp.Status, resp.Close)
-	}
-}
-
-// A scrape whose poll could not deliver it while the proxy shuts down is
-// answered at once, not at its timeout: no poll will take it again.
-func TestScrapeRequeuedDuringShutdownIsAnsweredAtOnce(t *testing.T) {
-	tp := startProxy(t, defaultConfig())
-	ctx, cancel := context.WithCancel(context.Background())
-	pl := &poll{ctx: ctx, fqdn: "node1", handed: make(chan *scrape, 1)}
-	if s, err := tp.coord.park(pl); s != nil || err != nil {
-		t.Fatalf("park: %v %v", s, err)
-	}
-	result := make(chan *http.Response, 1)
-	go func() {
-		req, _ := http.NewRequest(http.MethodGet, "http://node1:9100/metrics", nil)
-		req.Header.Set(util.HeaderScrapeTimeoutSeconds, "60")
-		resp, err := tp.scraper().Do(req)
-		if err != nil {
-			t.Errorf("scrape: %v", err)
-			close(result)
-			return
-		}
-		result <- resp
-	}()
-	s := <-pl.handed
-	tp.coord.shutdown()
-	cancel()
-	tp.coord.requeue(s)
-	tp.coord.release(pl)
-	select {
-	case resp := <-result:
-		if resp == nil {
-			t.FailNow()
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusServiceUnavailable {
-			t.Errorf("status %s, want 503", resp.Status)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("scrape not answered within 30s of its requeue during shutdown")
 	}
 }

@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 // has a poll parked.
 func (tp *testProxy) startClient(t *testing.T, fqdn string, args ...string) *testbin.Process {
 	t.Helper()
-	before := tp.coord.parkedCount()
+	before := tp.hub.Stats().Parked
 	client := testbin.Start(t, clientBinary, clientArgs(fqdn, tp.srv.URL, args...)...)
 	client.WaitForOutput(clientPolling)
 	tp.waitParked(t, before+1)

@@ -93,7 +93,7 @@ func startSecProxy(t *testing.T, bindFQDNToCert bool, webConfig string) *secProx
 	served := make(chan error, 1)
 	go func() { served <- sec.serve(srv, ln) }()
 	t.Cleanup(func() {
-		p.coord.shutdown()
+		p.hub.Shutdown()
 		srv.Close()
 		<-served
 		p.close()
@@ -213,4 +213,10 @@ func (sp *secProxy) goScrapeAs(t *testing.T, user *url.Userinfo, target string, 
 		done <- secScrapeResult{resp: resp, body: string(body), err: err}
 	}()
 	return done
+}
+
+// busy reports the scrapes queued or in flight and the clients known.
+func (sp *secProxy) busy() (scrapes, clients int) {
+	st := sp.hub.Stats()
+	return st.Queued + st.Inflight, st.Clients
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,12 +22,16 @@ func handleHealthy(w http.ResponseWriter, _ *http.Request) {
 // it is shutting down, so that load balancers stop sending it work.
 func (p *proxy) handleReady(w http.ResponseWriter, _ *http.Request) {
 	select {
-	case <-p.coord.closed:
+	case <-p.hub.ShuttingDown():
 		http.Error(w, "Shutting down.", http.StatusServiceUnavailable)
 	default:
 		io.WriteString(w, "Ready.\n")
 	}
 }
+
+// landingPageSize is how many clients one landing page shows, so that the
+// page of a large fleet stays small.
+const landingPageSize = 100
 
 var landingPage = template.Must(template.New("landing").Parse(`<!DOCTYPE html>
 <html lang="en">
@@ -36,10 +41,11 @@ var landingPage = template.Must(template.New("landing").Parse(`<!DOCTYPE html>
 <body>
 <h1>PushProx proxy</h1>
 <p>Version {{.Version}}. <a href="/metrics">Metrics</a> · <a href="/clients">Clients (service discovery)</a> · <a href="/-/ready">Ready</a></p>
-<h2>Clients ({{len .Clients}})</h2>
-{{if .Clients}}<table>
-<tr><th>FQDN</th><th>Labels</th><th>Polls parked</th><th>Last poll</th><th>Recent scrapes (oldest first)</th></tr>
-{{range .Clients}}<tr><td>{{.FQDN}}</td><td>{{.Labels}}</td><td>{{.Polls}}</td><td>{{.LastPoll}}</td><td>{{.Outcomes}}</td></tr>
+<h2>Clients ({{.Total}})</h2>
+{{if .Clients}}<p>Showing {{.First}}–{{.Last}}.{{if .Prev}} <a href="/?page={{.Prev}}">Previous</a>{{end}}{{if .Next}} <a href="/?page={{.Next}}">Next</a>{{end}}</p>
+<table>
+<tr><th>FQDN</th><th>Labels</th><th>Transport</th><th>Connections</th><th>Last contact</th><th>Recent scrapes (oldest first)</th></tr>
+{{range .Clients}}<tr><td>{{.FQDN}}</td><td>{{.Labels}}</td><td>{{.Transport}}</td><td>{{.Connections}}</td><td>{{.LastContact}}</td><td>{{.Outcomes}}</td></tr>
 {{end}}</table>{{else}}<p>No client has polled within the registration timeout.</p>{{end}}
 </body>
 </html>
@@ -47,46 +53,63 @@ var landingPage = template.Must(template.New("landing").Parse(`<!DOCTYPE html>
 
 // clientRow is a client as the landing page shows it.
 type clientRow struct {
-	FQDN     string
-	Labels   string
-	Polls    int
-	LastPoll string
-	Outcomes string
+	FQDN        string
+	Labels      string
+	Transport   string
+	Connections int
+	LastContact string
+	Outcomes    string
 }
 
-// handleLandingPage shows the connected clients, with their labels, the age
-// of their last poll and their recent scrape outcomes.
-func (p *proxy) handleLandingPage(w http.ResponseWriter, _ *http.Request) {
-	now := p.coord.now()
+// handleLandingPage shows a page of the known clients, with their labels,
+// transport, the age of their last contact and their recent scrape
+// outcomes.
+func (p *proxy) handleLandingPage(w http.ResponseWriter, r *http.Request) {
+	page, err := strconv.Atoi(r.URL.Query().Get("page"))
+	if err != nil || page < 1 {
+		page = 1
+	}
+	now := p.hub.Now()
+	total := p.hub.Stats().Clients
+	offset := (page - 1) * landingPageSize
 	var rows []clientRow
-	for _, client := range p.coord.clientList() {
-		lastPoll := "parked now"
-		if client.Polls == 0 {
-			lastPoll = now.Sub(client.LastSeen).Truncate(time.Second).String() + " ago"
+	for _, client := range p.hub.Clients(offset, landingPageSize) {
+		lastContact := "connected now"
+		if !client.Connected() {
+			lastContact = now.Sub(client.LastSeen).Truncate(time.Second).String() + " ago"
 		}
 		rows = append(rows, clientRow{
-			FQDN:     client.FQDN,
-			Labels:   formatLabels(client.Labels),
-			Polls:    client.Polls,
-			LastPoll: lastPoll,
-			Outcomes: strings.Join(client.Outcomes, " "),
+			FQDN:        client.FQDN,
+			Labels:      formatLabels(client.Labels),
+			Transport:   client.Transport,
+			Connections: client.Polls + client.Tunnels,
+			LastContact: lastContact,
+			Outcomes:    strings.Join(client.Outcomes, " "),
 		})
 	}
+	data := struct {
+		Version                        string
+		Total, First, Last, Prev, Next int
+		Clients                        []clientRow
+	}{Version: version.Version, Total: total, Clients: rows, First: offset + 1, Last: offset + len(rows)}
+	if page > 1 {
+		data.Prev = page - 1
+	}
+	if offset+len(rows) < total {
+		data.Next = page + 1
+	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	err := landingPage.Execute(w, struct {
-		Version string
-		Clients []clientRow
-	}{version.Version, rows})
-	if err != nil {
+	if err := landingPage.Execute(w, data); err != nil {
 		level.Debug(p.logger).Log("msg", "writing landing page failed", "err", err)
 	}
 }
 
-// formatLabels renders labels as Prometheus does: {a="1", b="2"}.
+// formatLabels renders labels as Prometheus does: {a="1", b="2"}, with
+// values quoted so that one holding `", x="` reads as one value.
 func formatLabels(labels map[string]string) string {
 	pairs := make([]string, 0, len(labels))
 	for name, value := range labels {
-		pairs = append(pairs, name+"="+`"`+value+`"`)
+		pairs = append(pairs, name+"="+strconv.Quote(value))
 	}
 	sort.Strings(pairs)
 	return "{" + strings.Join(pairs, ", ") + "}"

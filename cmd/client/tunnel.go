@@ -1,0 +1,211 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+	"github.com/hashicorp/yamux"
+
+	"github.com/rancher/pushprox/util"
+)
+
+// transportAuto, as --proxy.transport, uses a tunnel where the proxy
+// offers one and polls otherwise; transportTunnel and transportPoll name
+// the two transports.
+const transportAuto = "auto"
+
+const (
+	// tunnelHandshakeTimeout bounds the tunnel request: a load balancer
+	// that holds an upgrade it will not pass must not keep the client
+	// from polling.
+	tunnelHandshakeTimeout = 10 * time.Second
+	// tunnelRetryInterval is how long a client in auto mode polls a proxy
+	// that refused a tunnel before it asks again, so that a proxy upgraded
+	// in place gets tunnels without restarting its clients.
+	tunnelRetryInterval = 5 * time.Minute
+	// minTunnelLife is how long a tunnel must have lasted for its end to
+	// count as a cut to recover from at once rather than a failure to back
+	// off from.
+	minTunnelLife = 10 * time.Second
+	// maxStreamRequest bounds the time to read a scrape request from a
+	// stream; the proxy writes it whole as it opens the stream.
+	maxStreamRequest = 10 * time.Second
+	// answerBufferSize lets a small answer's head and body leave in one
+	// tunnel frame.
+	answerBufferSize = 32 << 10
+)
+
+// errTunnelRefused says that a proxy answered a tunnel request with
+// anything but the tunnel handshake: it, or something in between, does
+// not offer tunnels.
+var errTunnelRefused = errors.New("proxy does not offer a tunnel")
+
+// serveUpstream serves one proxy on the configured transport until ctx
+// ends: a tunnel, reconnected at once when cut; polls instead while the
+// proxy refuses tunnels in auto mode.
+func (c *client) serveUpstream(ctx, scrapeCtx context.Context, up *upstream) {
+	if c.cfg.transport == transportPoll {
+		c.metrics.setTransport(transportPoll)
+		c.pollLoop(ctx, scrapeCtx, up)
+		return
+	}
+	logger := log.With(c.logger, "proxy", up.String())
+	retry := newBackoff(c.cfg.retryInitialWait, c.cfg.retryMaxWait)
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := c.runTunnel(ctx, scrapeCtx, up, logger)
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errTunnelRefused) && c.cfg.transport == transportAuto {
+			level.Info(logger).Log("msg", "proxy offers no tunnel, polling instead", "retry_tunnel_in", tunnelRetryInterval, "err", err)
+			c.metrics.setTransport(transportPoll)
+			pollCtx, cancel := context.WithTimeout(ctx, tunnelRetryInterval)
+			c.pollLoop(pollCtx, scrapeCtx, up)
+			cancel()
+			continue
+		}
+		if time.Since(start) >= minTunnelLife {
+			// A tunnel that served a while and was cut is replaced at once.
+			retry.Reset()
+			level.Info(logger).Log("msg", "tunnel ended, reconnecting", "err", err)
+			continue
+		}
+		c.metrics.pollErrors.Inc()
+		wait := retry.NextBackOff()
+		level.Warn(logger).Log("msg", "tunnel failed, retrying", "wait", wait, "err", err)
+		if !sleep(ctx, wait) {
+			return
+		}
+	}
+}
+
+// runTunnel opens a tunnel to a proxy and serves the scrapes it carries
+// until it ends. When ctx ends, the proxy is told to open no more streams
+// and the scrapes on the tunnel finish first.
+func (c *client) runTunnel(ctx, scrapeCtx context.Context, up *upstream, logger log.Logger) error {
+	tunnelURL := util.ResolveProxyPath(up.url, util.TunnelPath)
+	req, accept, err := util.NewTunnelRequest(tunnelURL.String(), c.cfg.fqdn, c.labels, c.cfg.maxConcurrentScrapes)
+	if err != nil {
+		return err
+	}
+	// The request's context lives as long as the tunnel: it owns the
+	// connection once upgraded.
+	connCtx, closeConn := context.WithCancel(context.WithoutCancel(ctx))
+	defer closeConn()
+	handshake := time.AfterFunc(tunnelHandshakeTimeout, closeConn)
+	resp, err := up.http.Do(req.WithContext(connCtx))
+	if !handshake.Stop() {
+		if err == nil {
+			resp.Body.Close()
+		}
+		return fmt.Errorf("%w: no answer to the tunnel request within %s", errTunnelRefused, tunnelHandshakeTimeout)
+	}
+	if err != nil {
+		return err
+	}
+	if !util.TunnelAccepted(resp, accept) {
+		reason, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		resp.Body.Close()
+		return fmt.Errorf("%w: answered %s: %s", errTunnelRefused, resp.Status, firstLine(reason))
+	}
+	conn, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		resp.Body.Close()
+		return fmt.Errorf("%w: the upgraded connection cannot be written", errTunnelRefused)
+	}
+	session, err := yamux.Server(conn, util.TunnelConfig(c.cfg.tunnelPingInterval))
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	defer session.Close()
+	level.Info(logger).Log("msg", "tunnel open")
+	c.metrics.setTransport(transportTunnel)
+	c.connected.Add(1)
+	defer c.connected.Add(-1)
+
+	var streams sync.WaitGroup
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go func() {
+		select {
+		case <-ctx.Done():
+			// No new streams; those running finish, then the tunnel ends.
+			_ = session.GoAway()
+			streams.Wait()
+			session.Close()
+		case <-stopped:
+		}
+	}()
+	for {
+		stream, err := session.AcceptStream()
+		if err != nil {
+			if session.IsClosed() {
+				err = fmt.Errorf("tunnel closed: %w", err)
+			}
+			streams.Wait()
+			return err
+		}
+		select {
+		case c.slots <- struct{}{}:
+		case <-ctx.Done():
+			stream.Close()
+			continue
+		}
+		streams.Add(1)
+		c.scrapes.Add(1)
+		go func() {
+			defer c.scrapes.Done()
+			defer streams.Done()
+			defer func() { <-c.slots }()
+			c.serveStream(scrapeCtx, stream)
+		}()
+	}
+}
+
+// serveStream answers the scrape request a stream carries, on the stream.
+func (c *client) serveStream(ctx context.Context, stream *yamux.Stream) {
+	defer stream.Close()
+	_ = stream.SetReadDeadline(time.Now().Add(maxStreamRequest))
+	reader := bufio.NewReaderSize(stream, 4<<10)
+	req, err := util.DecodeStreamRequest(reader)
+	if err != nil {
+		c.metrics.scrapeErrors.Inc()
+		level.Warn(c.logger).Log("msg", "bad scrape request on tunnel", "err", err)
+		return
+	}
+	if req.Method == http.MethodConnect {
+		c.serveConnect(ctx, stream, reader, req)
+		return
+	}
+	taken := time.Now()
+	defer func() { c.metrics.scrapeDuration.Observe(time.Since(taken).Seconds()) }()
+	resp, done := c.answer(ctx, req)
+	defer done()
+	if deadline, ok := resp.Request.Context().Deadline(); ok {
+		_ = stream.SetWriteDeadline(deadline)
+	}
+	logger := scrapeLogger(c.logger, req)
+	// One buffer for head and body, so that a small answer leaves in one
+	// tunnel frame.
+	out := bufio.NewWriterSize(stream, answerBufferSize)
+	err = writeAnswer(out, resp, req.Header.Get(util.HeaderID))
+	if err == nil {
+		err = out.Flush()
+	}
+	if err != nil {
+		c.metrics.pushErrors.Inc()
+		level.Warn(logger).Log("msg", "answering on tunnel failed", "status", resp.StatusCode, "err", err)
+		return
+	}
+	level.Debug(logger).Log("msg", "scraped", "status", resp.StatusCode, "duration", time.Since(taken))
+}

@@ -1,0 +1,139 @@
+package rendezvous
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-kit/log"
+)
+
+// The hub's hot path, one scrape per op, with a fleet of other clients
+// registered as a proxy serving one has. Run with
+//
+//	go test -run '^$' -bench . -benchtime=2000x ./internal/rendezvous
+
+// benchFleets are the numbers of FQDNs registered, the scraped one among
+// them.
+var benchFleets = []int{1, 100, 10000}
+
+// benchAnswer is the answer every client gives: no body, so that one value
+// serves every op and the benchmark measures the hub, not the copy.
+func benchAnswer() *http.Response {
+	return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: http.NoBody}
+}
+
+// benchHub returns a hub that keeps fqdns clients and more, shut down and
+// closed when the benchmark ends; wait is done first, for the goroutines
+// the benchmark started.
+func benchHub(b *testing.B, wait *sync.WaitGroup) *Hub {
+	b.Helper()
+	h := New(Config{RegistrationTimeout: time.Hour, MaxClients: 1 << 20}, log.NewNopLogger(), nil)
+	b.Cleanup(func() {
+		h.Shutdown()
+		wait.Wait()
+		h.Close()
+	})
+	return h
+}
+
+// BenchmarkHandOffToAPoll is one scrape handed to the scraped client's
+// poll and answered by its push: Scrape, Poll, Claim, Deliver and Done.
+// The other FQDNs have a poll parked each. The client polls again as soon
+// as its push is relayed, so its poll is usually parked before the next
+// scrape comes.
+func BenchmarkHandOffToAPoll(b *testing.B) {
+	for _, fleet := range benchFleets {
+		b.Run(fmt.Sprintf("fqdns=%d", fleet), func(b *testing.B) {
+			var pollers sync.WaitGroup
+			h := benchHub(b, &pollers)
+			for i := 1; i < fleet; i++ {
+				c := client(fmt.Sprintf("node%d.example.com", i))
+				pollers.Go(func() {
+					if _, err := h.Poll(context.Background(), c, WaitForever); !errors.Is(err, ErrShuttingDown) {
+						b.Errorf("idle poll: %v", err)
+					}
+				})
+			}
+			waitFor(b, "the fleet to park", func() bool { return h.Stats().Parked == fleet-1 })
+			scraped := client("node0.example.com")
+			resp := benchAnswer()
+			pollers.Go(func() {
+				for {
+					work, err := h.Poll(context.Background(), scraped, WaitForever)
+					if err != nil {
+						if !errors.Is(err, ErrShuttingDown) {
+							b.Errorf("Poll: %v", err)
+						}
+						return
+					}
+					work.Delivered()
+					claim, err := h.Claim(work.ID, scraped.Identity)
+					if err != nil {
+						b.Errorf("Claim: %v", err)
+						return
+					}
+					if err := claim.Deliver(resp, nil); err != nil {
+						b.Errorf("Deliver: %v", err)
+						return
+					}
+				}
+			})
+			ctx := context.Background()
+			deadline := time.Now().Add(time.Hour)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				s := &Scrape{ID: "5f0c2b8e-3c1a-4a57-9d6e-0b1f2a3c4d5e", FQDN: scraped.FQDN, Deadline: deadline}
+				answer, err := h.Scrape(ctx, s)
+				if err != nil {
+					b.Fatalf("Scrape: %v", err)
+				}
+				answer.Done(nil)
+			}
+			b.StopTimer()
+		})
+	}
+}
+
+// BenchmarkHandOffToATunnel is one scrape carried by the scraped client's
+// tunnel, which answers at once: Scrape, Carry and Done. The other FQDNs
+// have a tunnel attached each.
+func BenchmarkHandOffToATunnel(b *testing.B) {
+	for _, fleet := range benchFleets {
+		b.Run(fmt.Sprintf("fqdns=%d", fleet), func(b *testing.B) {
+			var none sync.WaitGroup
+			h := benchHub(b, &none)
+			tunnel := benchTunnel{resp: benchAnswer()}
+			for i := 1; i < fleet; i++ {
+				if _, err := h.Attach(client(fmt.Sprintf("node%d.example.com", i)), tunnel, 16); err != nil {
+					b.Fatalf("Attach: %v", err)
+				}
+			}
+			if _, err := h.Attach(client("node0.example.com"), tunnel, 16); err != nil {
+				b.Fatalf("Attach: %v", err)
+			}
+			ctx := context.Background()
+			deadline := time.Now().Add(time.Hour)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				s := &Scrape{ID: "5f0c2b8e-3c1a-4a57-9d6e-0b1f2a3c4d5e", FQDN: "node0.example.com", Deadline: deadline}
+				answer, err := h.Scrape(ctx, s)
+				if err != nil {
+					b.Fatalf("Scrape: %v", err)
+				}
+				answer.Done(nil)
+			}
+		})
+	}
+}
+
+// benchTunnel answers every scrape at once with the same bodiless answer.
+type benchTunnel struct{ resp *http.Response }
+
+func (t benchTunnel) Carry(context.Context, *Scrape) (*http.Response, error) { return t.resp, nil }

@@ -1,0 +1,578 @@
+package rendezvous
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// maxRememberedIDs bounds the set of recently ended scrape IDs kept to tell
+// a late push apart from an unknown one.
+const maxRememberedIDs = 10000
+
+// rememberIDsFor is how long an ended scrape ID is remembered.
+const rememberIDsFor = 10 * time.Minute
+
+// WaitForever, as the wait of a Poll, parks it until work comes or its
+// context ends.
+const WaitForever time.Duration = -1
+
+// Config configures a Hub.
+type Config struct {
+	// RegistrationTimeout is how long a client without a live carrier
+	// stays known.
+	RegistrationTimeout time.Duration
+	// MaxClients bounds the registrations (FQDN and label set) kept.
+	MaxClients int
+	// Now tells the time of registrations; nil means time.Now. Tests
+	// replace it with a fake clock.
+	Now func() time.Time
+}
+
+// Client is who a carrier works for: the FQDN it answers for (any case, a
+// trailing dot or not), its discovery labels, and the identity that
+// authenticated it, which alone may answer the scrapes it takes.
+type Client struct {
+	FQDN     string
+	Labels   map[string]string
+	Identity string
+}
+
+// Scrape is one Prometheus request for a target. The caller fills in the
+// exported fields and hands it to Hub.Scrape once; it must not change
+// them afterwards.
+type Scrape struct {
+	ID       string    // names the scrape on the wire
+	FQDN     string    // the target's host; the hub routes by its normal form
+	Request  []byte    // the request in the wire format, as a poll carries it
+	Deadline time.Time // when Prometheus stops waiting
+
+	// What follows is the hub's, guarded by Hub.mu.
+	ctx      context.Context
+	events   chan event // capacity 1: at most one event is pending
+	state    scrapeState
+	identity string        // who may push its answer
+	reg      *registration // the registration whose carrier took it
+	handedAt time.Time
+	tried    []*Session // tunnels that did not take it
+}
+
+// scrapeState is where a scrape is.
+type scrapeState int
+
+const (
+	stateWaiting scrapeState = iota // with no carrier, and not queued
+	stateQueued                     // in the queue of its FQDN
+	stateHanded                     // handed to a poll, awaiting its push
+	stateClaimed                    // its push has arrived
+	stateTunnel                     // on a tunnel
+	stateDone
+)
+
+// event is what the hub tells a waiting scrape: exactly one field is set.
+type event struct {
+	answer   *Answer  // its push arrived
+	session  *Session // a slot of this tunnel is reserved for it
+	shutdown bool     // no carrier will come
+}
+
+// Answer is a client's answer to a scrape: its status and headers, and its
+// body still unread, streaming from the client.
+type Answer struct {
+	Response *http.Response
+	// Handed is when a carrier took the scrape.
+	Handed time.Time
+	done   func(error)
+	once   sync.Once
+}
+
+// Done reports how relaying the answer to Prometheus ended (nil when it
+// all arrived). The caller of Scrape calls it exactly once.
+func (a *Answer) Done(err error) {
+	a.once.Do(func() { a.done(err) })
+}
+
+// Tunnel is a carrier that takes many scrapes at once on one connection.
+type Tunnel interface {
+	// Carry sends s to the client and returns its answer, the body
+	// unread, within ctx. Closing the body ends the scrape on the tunnel.
+	// An error wrapping ErrNotCarried says the client did not start on s,
+	// so that another carrier may take it.
+	Carry(ctx context.Context, s *Scrape) (*http.Response, error)
+}
+
+// poll is a client's parked request for work.
+type poll struct {
+	ctx    context.Context // ends when the client's connection is gone
+	client Client
+	reg    *registration
+	handed chan *Scrape // capacity 1, so handing over never blocks under the lock
+}
+
+// Hub is the rendezvous of scrapes and carriers. Create it with New.
+type Hub struct {
+	logger  log.Logger
+	now     func() time.Time
+	metrics *hubMetrics
+	closed  chan struct{} // closed when Shutdown begins
+	stopGC  chan struct{}
+	gcDone  chan struct{}
+	gcEvery time.Duration
+
+	mu sync.Mutex
+	// polls holds live parked polls by FQDN, oldest first; guarded by mu.
+	polls fifo[*poll]
+	// queue holds scrapes waiting for a carrier by FQDN, oldest first;
+	// guarded by mu.
+	queue fifo[*Scrape]
+	// tunnels holds the attached tunnels by FQDN; guarded by mu.
+	tunnels map[string][]*Session
+	// inflight holds scrapes handed to a poll and awaiting their push, by
+	// ID; guarded by mu.
+	inflight map[string]*Scrape
+	// ended remembers recently ended scrape IDs and when; guarded by mu.
+	ended map[string]time.Time
+	// registry holds the known clients; guarded by mu.
+	registry registry
+	// closing is set when Shutdown begins; guarded by mu.
+	closing bool
+	// drained is closed once closing and inflight is empty; guarded by mu.
+	drained chan struct{}
+}
+
+// New returns a running Hub whose metrics are registered with reg. Close
+// stops it.
+func New(cfg Config, logger log.Logger, reg prometheus.Registerer) *Hub {
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	h := &Hub{
+		logger:   logger,
+		now:      now,
+		closed:   make(chan struct{}),
+		stopGC:   make(chan struct{}),
+		gcDone:   make(chan struct{}),
+		gcEvery:  min(max(cfg.RegistrationTimeout/4, time.Second), time.Minute),
+		polls:    newFIFO[*poll](),
+		queue:    newFIFO[*Scrape](),
+		tunnels:  map[string][]*Session{},
+		inflight: map[string]*Scrape{},
+		ended:    map[string]time.Time{},
+		registry: newRegistry(cfg.RegistrationTimeout, cfg.MaxClients),
+		drained:  make(chan struct{}),
+	}
+	h.metrics = newHubMetrics(h, cfg.MaxClients, reg)
+	go h.gcLoop()
+	return h
+}
+
+// Scrape routes s to a carrier of its FQDN and returns the client's
+// answer. It waits for a carrier, and then for the answer, until ctx ends:
+// then it fails with ErrAbandoned when ctx was cancelled (Prometheus went
+// away), and otherwise with ErrClientTimeout, ErrClientIdle or ErrNoClient,
+// as far as the scrape got.
+func (h *Hub) Scrape(ctx context.Context, s *Scrape) (*Answer, error) {
+	s.FQDN = NormalFQDN(s.FQDN)
+	s.ctx = ctx
+	s.events = make(chan event, 1)
+	h.mu.Lock()
+	if h.closing {
+		h.mu.Unlock()
+		return nil, ErrShuttingDown
+	}
+	if ctx.Err() != nil {
+		// Prometheus stopped waiting before the scrape came: no carrier
+		// is spent on it, as none is on a queued scrape whose context
+		// ended.
+		h.mu.Unlock()
+		return nil, h.abandon(ctx, s)
+	}
+	session := h.dispatchLocked(s, false)
+	h.mu.Unlock()
+	closed := h.closed
+	for {
+		if session != nil {
+			answer, err := h.carry(ctx, s, session)
+			if !errors.Is(err, ErrNotCarried) {
+				return answer, err
+			}
+			h.mu.Lock()
+			if h.closing {
+				s.state = stateDone
+				h.mu.Unlock()
+				return nil, ErrShuttingDown
+			}
+			session = h.dispatchLocked(s, true)
+			h.mu.Unlock()
+			continue
+		}
+		select {
+		case ev := <-s.events:
+			switch {
+			case ev.answer != nil:
+				return ev.answer, nil
+			case ev.session != nil:
+				session = ev.session
+			default:
+				return nil, ErrShuttingDown
+			}
+		case <-closed:
+			if h.withdrawQueued(s) {
+				return nil, ErrShuttingDown
+			}
+			// A carrier has it: its answer is still taken.
+			closed = nil
+		case <-ctx.Done():
+			return nil, h.abandon(ctx, s)
+		}
+	}
+}
+
+// carry runs s on a reserved slot of a tunnel.
+func (h *Hub) carry(ctx context.Context, s *Scrape, session *Session) (*Answer, error) {
+	resp, err := session.tunnel.Carry(ctx, s)
+	if err != nil {
+		h.mu.Lock()
+		h.releaseSlotLocked(session)
+		s.tried = append(s.tried, session)
+		switch {
+		case ctx.Err() != nil:
+			// abandon tells the cause; the scrape counts as handed.
+		case errors.Is(err, ErrNotCarried):
+			s.state = stateWaiting
+			h.mu.Unlock()
+			return nil, err
+		default:
+			s.state = stateDone
+			h.mu.Unlock()
+			return nil, fmt.Errorf("%w: %v", ErrClientLost, err)
+		}
+		h.mu.Unlock()
+		return nil, h.abandon(ctx, s)
+	}
+	answer := &Answer{Response: resp, Handed: s.handedAt}
+	answer.done = func(error) {
+		resp.Body.Close()
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		s.state = stateDone
+		h.releaseSlotLocked(session)
+	}
+	return answer, nil
+}
+
+// abandon takes s back from wherever it is once its context has ended, and
+// says why it failed.
+func (h *Hub) abandon(ctx context.Context, s *Scrape) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	handed := false
+	switch s.state {
+	case stateQueued:
+		h.queue.remove(s.FQDN, s)
+	case stateHanded:
+		h.deleteInflightLocked(s.ID)
+		h.rememberEndedLocked(s.ID)
+		handed = true
+	case stateClaimed, stateTunnel:
+		handed = true
+	}
+	s.state = stateDone
+	select {
+	case ev := <-s.events:
+		switch {
+		case ev.session != nil:
+			h.releaseSlotLocked(ev.session)
+		case ev.answer != nil:
+			// Put back, for Claim.Deliver to see that it was never taken.
+			s.events <- ev
+		}
+	default:
+	}
+	switch {
+	case errors.Is(ctx.Err(), context.Canceled):
+		return ErrAbandoned
+	case handed:
+		return ErrClientTimeout
+	case h.registry.known(s.FQDN, h.now()):
+		return ErrClientIdle
+	}
+	return ErrNoClient
+}
+
+// withdrawQueued removes s if it still waits for a carrier, and reports
+// whether it did.
+func (h *Hub) withdrawQueued(s *Scrape) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s.state != stateQueued && s.state != stateWaiting {
+		return false
+	}
+	h.queue.remove(s.FQDN, s)
+	s.state = stateDone
+	return true
+}
+
+// dispatchLocked gives s to a carrier of its FQDN: a tunnel with a free
+// slot, which it returns for the caller to carry s on, or the oldest live
+// parked poll; or else queues it, at the front when it had been taken
+// before.
+func (h *Hub) dispatchLocked(s *Scrape, front bool) *Session {
+	if session := h.freeSessionLocked(s); session != nil {
+		h.reserveLocked(s, session)
+		return session
+	}
+	if p, ok := h.polls.pop(s.FQDN, func(p *poll) bool { return p.ctx.Err() == nil }); ok {
+		h.handLocked(s, p)
+		return nil
+	}
+	s.state = stateQueued
+	if front {
+		h.queue.pushFront(s.FQDN, s)
+	} else {
+		h.queue.push(s.FQDN, s)
+	}
+	return nil
+}
+
+// freeSessionLocked returns the least busy tunnel of the FQDN of s with a
+// free slot that s has not tried yet.
+func (h *Hub) freeSessionLocked(s *Scrape) *Session {
+	var best *Session
+	for _, session := range h.tunnels[s.FQDN] {
+		if session.active >= session.capacity || tried(s, session) {
+			continue
+		}
+		if best == nil || session.active < best.active {
+			best = session
+		}
+	}
+	return best
+}
+
+func tried(s *Scrape, session *Session) bool {
+	for _, t := range s.tried {
+		if t == session {
+			return true
+		}
+	}
+	return false
+}
+
+func (h *Hub) reserveLocked(s *Scrape, session *Session) {
+	session.active++
+	s.state = stateTunnel
+	s.identity = session.client.Identity
+	s.reg = session.reg
+	s.handedAt = time.Now()
+}
+
+// handLocked registers s as in flight to p, then hands it over. The order
+// matters: a push may arrive as soon as the poll has it.
+func (h *Hub) handLocked(s *Scrape, p *poll) {
+	s.state = stateHanded
+	s.identity = p.client.Identity
+	s.reg = p.reg
+	s.handedAt = time.Now()
+	h.inflight[s.ID] = s
+	p.handed <- s
+}
+
+// releaseSlotLocked frees a slot of a tunnel and fills it with the oldest
+// queued scrape of its FQDN.
+func (h *Hub) releaseSlotLocked(session *Session) {
+	session.active--
+	h.fillLocked(session)
+}
+
+// fillLocked hands queued scrapes to the free slots of a tunnel.
+func (h *Hub) fillLocked(session *Session) {
+	for !session.detached && !h.closing && session.active < session.capacity {
+		// A scrape this tunnel did not take stays queued for others.
+		s, ok := h.queue.popWhere(session.fqdn,
+			func(s *Scrape) bool { return s.ctx.Err() == nil },
+			func(s *Scrape) bool { return !tried(s, session) })
+		if !ok {
+			return
+		}
+		h.reserveLocked(s, session)
+		s.events <- event{session: session}
+	}
+}
+
+// requeueLocked takes back a scrape whose poll could not deliver it and
+// gives it to another carrier, or puts it at the front of its queue, while
+// Prometheus still waits for it.
+func (h *Hub) requeueLocked(s *Scrape) {
+	if h.inflight[s.ID] != s {
+		return
+	}
+	h.deleteInflightLocked(s.ID)
+	s.state = stateWaiting
+	if s.ctx.Err() != nil {
+		return
+	}
+	if h.closing {
+		s.state = stateDone
+		s.events <- event{shutdown: true}
+		return
+	}
+	if session := h.dispatchLocked(s, true); session != nil {
+		s.events <- event{session: session}
+	}
+}
+
+func (h *Hub) deleteInflightLocked(id string) {
+	delete(h.inflight, id)
+	if h.closing && len(h.inflight) == 0 {
+		select {
+		case <-h.drained:
+		default:
+			close(h.drained)
+		}
+	}
+}
+
+func (h *Hub) rememberEndedLocked(id string) {
+	if len(h.ended) < maxRememberedIDs {
+		h.ended[id] = h.now()
+	}
+}
+
+// Record notes how a scrape ended, for the landing page: on the client
+// that took it, or on every client of its FQDN if none did.
+func (h *Hub) Record(s *Scrape, outcome string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s.reg != nil {
+		s.reg.note(outcome)
+		return
+	}
+	for _, r := range h.registry.byFQDN[s.FQDN] {
+		r.note(outcome)
+	}
+}
+
+// Shutdown stops taking polls, scrapes and tunnels. Parked polls and
+// queued scrapes give up with ErrShuttingDown; scrapes handed to a carrier
+// may still be answered.
+func (h *Hub) Shutdown() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closing {
+		return
+	}
+	h.closing = true
+	close(h.closed)
+	if len(h.inflight) == 0 {
+		close(h.drained)
+	}
+}
+
+// ShuttingDown is closed once Shutdown begins.
+func (h *Hub) ShuttingDown() <-chan struct{} { return h.closed }
+
+// Drain waits until no scrape handed to a poll waits for its push, or
+// until ctx ends. Call it after Shutdown.
+func (h *Hub) Drain(ctx context.Context) error {
+	select {
+	case <-h.drained:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close stops the garbage collector and waits for it.
+func (h *Hub) Close() {
+	close(h.stopGC)
+	<-h.gcDone
+}
+
+func (h *Hub) gcLoop() {
+	defer close(h.gcDone)
+	ticker := time.NewTicker(h.gcEvery)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ticker.C:
+			h.collectGarbage()
+		case <-h.stopGC:
+			return
+		}
+	}
+}
+
+// collectGarbage forgets clients gone past the registration timeout and
+// scrape IDs ended long ago.
+func (h *Hub) collectGarbage() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	now := h.now()
+	for _, r := range h.registry.collect(now) {
+		level.Debug(h.logger).Log("msg", "client forgotten", "fqdn", r.fqdn, "last_seen", r.lastSeen)
+	}
+	for id, at := range h.ended {
+		if now.Sub(at) > rememberIDsFor {
+			delete(h.ended, id)
+		}
+	}
+}
+
+// Known reports whether a client of fqdn is known.
+func (h *Hub) Known(fqdn string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.registry.known(NormalFQDN(fqdn), h.now())
+}
+
+// Clients returns the known clients sorted by FQDN and labels, from the
+// offset-th on, at most limit of them (all when limit <= 0).
+func (h *Hub) Clients(offset, limit int) []ClientStatus {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.registry.list(h.now(), offset, limit)
+}
+
+// Now tells the hub's time, for ages of last contact.
+func (h *Hub) Now() time.Time { return h.now() }
+
+// Stats counts what the hub holds now.
+type Stats struct {
+	Clients  int // known clients
+	Parked   int // polls parked
+	Queued   int // scrapes waiting for a carrier
+	Inflight int // scrapes handed to a poll, awaiting their push
+	Tunnels  int // tunnels attached
+}
+
+// Stats returns the hub's counts.
+func (h *Hub) Stats() Stats {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	now := h.now()
+	st := Stats{Parked: h.polls.len(), Queued: h.queue.len(), Inflight: len(h.inflight)}
+	for _, byLabels := range h.registry.byFQDN {
+		for _, r := range byLabels {
+			if h.registry.alive(r, now) {
+				st.Clients++
+			}
+		}
+	}
+	for _, sessions := range h.tunnels {
+		st.Tunnels += len(sessions)
+	}
+	return st
+}
+
+// CollectGarbage forgets clients gone past the registration timeout now;
+// the hub also does it on a ticker of its own.
+func (h *Hub) CollectGarbage() { h.collectGarbage() }

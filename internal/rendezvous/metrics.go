@@ -1,0 +1,133 @@
+package rendezvous
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// maxClientSeries bounds the FQDNs exported with series of their own, so
+// that a large fleet cannot make the proxy's /metrics unbounded; beyond it
+// the fleet-wide gauges still count every client.
+const maxClientSeries = 10000
+
+// hubMetrics are the metrics of a Hub.
+type hubMetrics struct {
+	connects *prometheus.CounterVec
+	pollsCut prometheus.Counter
+}
+
+func newHubMetrics(h *Hub, maxClients int, reg prometheus.Registerer) *hubMetrics {
+	factory := promauto.With(reg)
+	m := &hubMetrics{
+		connects: factory.NewCounterVec(prometheus.CounterOpts{
+			Name: "pushprox_proxy_client_connects_total",
+			Help: "Client connections established: tunnels accepted, and registrations created by a poll.",
+		}, []string{"transport"}),
+		pollsCut: factory.NewCounter(prometheus.CounterOpts{
+			Name: "pushprox_proxy_polls_cut_total",
+			Help: "Parked polls whose connection ended before they were answered: cut by something in between, or the client went away.",
+		}),
+	}
+	for _, transport := range []string{TransportPoll, TransportTunnel} {
+		m.connects.WithLabelValues(transport)
+	}
+	factory.NewGauge(prometheus.GaugeOpts{
+		Name: "pushprox_proxy_max_clients",
+		Help: "Most client registrations kept at once (--registration.max-clients).",
+	}).Set(float64(maxClients))
+	if reg != nil {
+		reg.MustRegister(&hubCollector{hub: h})
+	}
+	return m
+}
+
+// hubCollector exports gauges read from one snapshot of the hub's state.
+type hubCollector struct{ hub *Hub }
+
+var (
+	clientsDesc = prometheus.NewDesc("pushprox_proxy_clients",
+		"Number of known clients.", nil, nil)
+	parkedDesc = prometheus.NewDesc("pushprox_proxy_parked_polls",
+		"Number of client polls parked, waiting for a scrape.", nil, nil)
+	connectedDesc = prometheus.NewDesc("pushprox_proxy_clients_connected",
+		"Client registrations with a live connection now, by transport.", []string{"transport"}, nil)
+	tunnelsDesc = prometheus.NewDesc("pushprox_proxy_tunnels",
+		"Tunnels attached now.", nil, nil)
+	clientConnectedDesc = prometheus.NewDesc("pushprox_proxy_client_connected",
+		"1 while a client of the FQDN has a live connection, 0 while it is known but not connected; transport of its latest connection.", []string{"fqdn", "transport"}, nil)
+	clientLastSeenDesc = prometheus.NewDesc("pushprox_proxy_client_last_seen_timestamp_seconds",
+		"Unix time of the latest contact with a client of the FQDN (now, while connected).", []string{"fqdn"}, nil)
+)
+
+func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{clientsDesc, parkedDesc, connectedDesc, tunnelsDesc, clientConnectedDesc, clientLastSeenDesc} {
+		ch <- d
+	}
+}
+
+// fqdnState is what the per-client series say of one FQDN.
+type fqdnState struct {
+	connected bool
+	transport string
+	lastSeen  float64
+}
+
+func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
+	h := c.hub
+	h.mu.Lock()
+	now := h.now()
+	known, connectedPoll, connectedTunnel, tunnels := 0, 0, 0, 0
+	perFQDN := map[string]*fqdnState{}
+	for fqdn, byLabels := range h.registry.byFQDN {
+		for _, r := range byLabels {
+			if !h.registry.alive(r, now) {
+				continue
+			}
+			known++
+			switch {
+			case r.tunnels > 0:
+				connectedTunnel++
+			case r.polls > 0:
+				connectedPoll++
+			}
+			tunnels += r.tunnels
+			state := perFQDN[fqdn]
+			if state == nil {
+				if len(perFQDN) >= maxClientSeries {
+					continue
+				}
+				state = &fqdnState{}
+				perFQDN[fqdn] = state
+			}
+			seen := r.lastSeen
+			if r.connected() {
+				seen = now
+				state.connected = true
+			}
+			// Registrations seen at the same time, as every connected one
+			// is, agree on the tunnel, so that the series does not flip
+			// between gathers with the map's order.
+			t := float64(seen.UnixNano()) / 1e9
+			if t > state.lastSeen || t == state.lastSeen && r.transport == TransportTunnel {
+				state.lastSeen = t
+				state.transport = r.transport
+			}
+		}
+	}
+	parked := h.polls.len()
+	h.mu.Unlock()
+
+	ch <- prometheus.MustNewConstMetric(clientsDesc, prometheus.GaugeValue, float64(known))
+	ch <- prometheus.MustNewConstMetric(parkedDesc, prometheus.GaugeValue, float64(parked))
+	ch <- prometheus.MustNewConstMetric(connectedDesc, prometheus.GaugeValue, float64(connectedPoll), TransportPoll)
+	ch <- prometheus.MustNewConstMetric(connectedDesc, prometheus.GaugeValue, float64(connectedTunnel), TransportTunnel)
+	ch <- prometheus.MustNewConstMetric(tunnelsDesc, prometheus.GaugeValue, float64(tunnels))
+	for fqdn, state := range perFQDN {
+		connected := 0.0
+		if state.connected {
+			connected = 1
+		}
+		ch <- prometheus.MustNewConstMetric(clientConnectedDesc, prometheus.GaugeValue, connected, fqdn, state.transport)
+		ch <- prometheus.MustNewConstMetric(clientLastSeenDesc, prometheus.GaugeValue, state.lastSeen, fqdn)
+	}
+}

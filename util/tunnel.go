@@ -1,0 +1,124 @@
+package util
+
+import (
+	"crypto/rand"
+	"crypto/sha1"
+	"encoding/base64"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// The tunnel handshake (docs/tunnel.md). A client asks for a tunnel with
+// GET <proxy-url>/tunnel, shaped as a WebSocket handshake (RFC 6455) so
+// that reverse proxies set up for WebSockets pass it, carrying what a poll
+// carries: its FQDN, labels and credentials. A proxy that answers 101 with
+// the matching Sec-WebSocket-Accept and protocol switches the connection to
+// yamux, the proxy opening one stream per scrape; anything else means
+// polls.
+const (
+	// TunnelPath is the proxy's endpoint for tunnels, next to PollPath.
+	TunnelPath = "tunnel"
+	// TunnelProtocol names the protocol spoken after the handshake.
+	TunnelProtocol = "pushprox-tunnel.v1"
+	// HeaderFQDN carries the client's FQDN in a tunnel request.
+	HeaderFQDN = "Pushprox-Fqdn"
+	// HeaderMaxConcurrency carries how many scrapes at once a client takes
+	// on its tunnel.
+	HeaderMaxConcurrency = "Pushprox-Max-Concurrency"
+
+	headerWebSocketKey      = "Sec-WebSocket-Key"
+	headerWebSocketVersion  = "Sec-WebSocket-Version"
+	headerWebSocketProtocol = "Sec-WebSocket-Protocol"
+	headerWebSocketAccept   = "Sec-WebSocket-Accept"
+	// webSocketGUID is RFC 6455's constant for the accept value.
+	webSocketGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+	// TunnelStreamWindow bounds what is buffered per stream (yamux's
+	// window): a scrape in flight holds at most this much in memory on
+	// either side, whatever its size.
+	TunnelStreamWindow = 256 << 10
+)
+
+// NewTunnelRequest returns the handshake request of a client for the
+// tunnel endpoint at tunnelURL, and the accept value a proxy must answer.
+func NewTunnelRequest(tunnelURL, fqdn, labels string, maxConcurrency int) (*http.Request, string, error) {
+	req, err := http.NewRequest(http.MethodGet, tunnelURL, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	nonce := make([]byte, 16)
+	_, _ = rand.Read(nonce)
+	key := base64.StdEncoding.EncodeToString(nonce)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	req.Header.Set(headerWebSocketVersion, "13")
+	req.Header.Set(headerWebSocketKey, key)
+	req.Header.Set(headerWebSocketProtocol, TunnelProtocol)
+	req.Header.Set(HeaderFQDN, fqdn)
+	req.Header.Set(HeaderMaxConcurrency, strconv.Itoa(maxConcurrency))
+	if labels != "" {
+		req.Header.Set(HeaderLabels, labels)
+	}
+	return req, webSocketAccept(key), nil
+}
+
+// IsTunnelRequest says whether r asks for a tunnel of this protocol.
+func IsTunnelRequest(r *http.Request) bool {
+	return headerHasToken(r.Header, "Connection", "upgrade") &&
+		headerHasToken(r.Header, "Upgrade", "websocket") &&
+		headerHasToken(r.Header, headerWebSocketProtocol, TunnelProtocol) &&
+		r.Header.Get(headerWebSocketKey) != ""
+}
+
+// TunnelAccepted says whether resp accepts a tunnel asked for with the
+// given accept value.
+func TunnelAccepted(resp *http.Response, accept string) bool {
+	return resp.StatusCode == http.StatusSwitchingProtocols &&
+		resp.Header.Get(headerWebSocketAccept) == accept &&
+		headerHasToken(resp.Header, headerWebSocketProtocol, TunnelProtocol)
+}
+
+// WriteTunnelAccept writes the proxy's 101 answer to tunnel request r.
+func WriteTunnelAccept(w io.Writer, r *http.Request) error {
+	_, err := io.WriteString(w, "HTTP/1.1 101 Switching Protocols\r\n"+
+		"Upgrade: websocket\r\nConnection: Upgrade\r\n"+
+		headerWebSocketAccept+": "+webSocketAccept(r.Header.Get(headerWebSocketKey))+"\r\n"+
+		headerWebSocketProtocol+": "+TunnelProtocol+"\r\n\r\n")
+	return err
+}
+
+func webSocketAccept(key string) string {
+	sum := sha1.Sum([]byte(key + webSocketGUID))
+	return base64.StdEncoding.EncodeToString(sum[:])
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, value := range h.Values(name) {
+		for _, t := range strings.Split(value, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// TunnelConfig is the yamux configuration of both ends of a tunnel: pings
+// every pingInterval, so that idle cuts of load balancers do not hit it
+// and a dead peer is noticed within about two intervals; bounded windows.
+func TunnelConfig(pingInterval time.Duration) *yamux.Config {
+	cfg := yamux.DefaultConfig()
+	cfg.EnableKeepAlive = true
+	cfg.KeepAliveInterval = pingInterval
+	cfg.ConnectionWriteTimeout = min(pingInterval, 10*time.Second)
+	cfg.MaxStreamWindowSize = TunnelStreamWindow
+	cfg.StreamOpenTimeout = 10 * time.Second
+	cfg.StreamCloseTimeout = 30 * time.Second
+	cfg.LogOutput = io.Discard
+	return cfg
+}
