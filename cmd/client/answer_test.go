@@ -1,14 +1,17 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/go-kit/log"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -143,5 +146,52 @@ func TestAStoppingClientWaitsForScrapesAtMostTheShutdownTimeout(t *testing.T) {
 	}
 	if elapsed := time.Since(start); elapsed < cfg.shutdownTimeout {
 		t.Errorf("Run returned after %s, before the shutdown timeout", elapsed)
+	}
+}
+
+func TestAScrapeIsAnsweredOnAnyCarrier(t *testing.T) {
+	target, requests := recordingTarget(t, false, http.StatusOK, "carried 1\n")
+	proxy, _ := url.Parse("http://proxy.invalid")
+	c, err := newClient(testConfig(proxy, "127.0.0.1"), log.NewNopLogger(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		target string
+		status int
+		want   string
+	}{
+		{name: "scraped", target: target.URL + "/metrics", status: http.StatusOK, want: "carried 1\n"},
+		{name: "refused", target: "http://other.example:9100/metrics", status: http.StatusInternalServerError, want: "is not this client's FQDN"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// A stream carries the request as the proxy encodes it, and the
+			// answer back in the wire form.
+			stream := bytes.NewReader(scrapeRequest(t, tc.target, "stream-1", nil))
+			req, err := util.DecodeScrapeRequest(bufio.NewReader(stream))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, done := c.answer(context.Background(), req)
+			var back bytes.Buffer
+			err = writeAnswer(&back, resp, req.Header.Get(util.HeaderID))
+			done()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := util.DecodeAnswer(&back)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(got.Body)
+			if got.StatusCode != tc.status || !strings.Contains(string(body), tc.want) || got.Header.Get(util.HeaderID) != "stream-1" {
+				t.Errorf("answered %d %q (Id %q), want %d with %q", got.StatusCode, body, got.Header.Get(util.HeaderID), tc.status, tc.want)
+			}
+			if tc.status == http.StatusOK {
+				received(t, requests)
+			}
+			neverContacted(t, requests)
+		})
 	}
 }

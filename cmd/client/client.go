@@ -58,16 +58,15 @@ func newClient(cfg config, logger log.Logger, reg prometheus.Registerer) (*clien
 		return nil, err
 	}
 	c := &client{
-		cfg:          cfg,
-		logger:       logger,
-		metrics:      newMetrics(reg),
-		proxyTLS:     proxyTLS,
-		targetClient: &http.Client{Transport: newTransport(targetTLS, ""), CheckRedirect: nil},
-		slots:        make(chan struct{}, cfg.maxConcurrentScrapes),
-		labels:       util.EncodeLabels(cfg.labels),
-		lookupHost:   net.DefaultResolver.LookupHost,
+		cfg:        cfg,
+		logger:     logger,
+		metrics:    newMetrics(reg),
+		proxyTLS:   proxyTLS,
+		slots:      make(chan struct{}, cfg.maxConcurrentScrapes),
+		labels:     util.EncodeLabels(cfg.labels),
+		lookupHost: net.DefaultResolver.LookupHost,
 	}
-	c.targetClient.CheckRedirect = c.checkRedirect
+	c.targetClient = &http.Client{Transport: newTransport(targetTLS, ""), CheckRedirect: c.checkRedirect}
 	c.proxyClient = c.newProxyClient("")
 	if file := cfg.security.webConfigFile; file != "" {
 		c.onReload("web config", func() error { return validateWebConfig(file) })
@@ -97,11 +96,15 @@ func (c *client) reload() {
 	}
 }
 
+// maxReasonLength bounds the part of a peer's error body quoted in a
+// message: an HTML error page must not flood the log.
+const maxReasonLength = 200
+
 // firstLine returns the start of an error body, for messages.
 func firstLine(body []byte) string {
 	line, _, _ := strings.Cut(string(body), "\n")
-	if len(line) > 200 {
-		line = line[:200] + "..."
+	if len(line) > maxReasonLength {
+		line = line[:maxReasonLength] + "..."
 	}
 	return strings.TrimSpace(line)
 }

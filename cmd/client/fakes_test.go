@@ -67,6 +67,10 @@ type fakeProxy struct {
 	// their Prefer: wait, as the real proxy does; set before the first
 	// poll.
 	honourWait bool
+	// holdPushes makes pushes wait until their client gives up, each then
+	// reported on pushesGivenUp; set before the first push.
+	holdPushes    bool
+	pushesGivenUp chan struct{}
 }
 
 // startFakeProxy starts a fake proxy over plain HTTP.
@@ -111,10 +115,11 @@ func startTLSFakeProxy(t *testing.T, ca *testpki.CA) *fakeProxy {
 
 func newFakeProxy(t *testing.T) *fakeProxy {
 	fp := &fakeProxy{
-		answers:  make(chan pollAnswer, 64),
-		polls:    make(chan polled, 64),
-		pushes:   make(chan pushed, 64),
-		requests: make(chan polled, 256),
+		answers:       make(chan pollAnswer, 64),
+		polls:         make(chan polled, 64),
+		pushes:        make(chan pushed, 64),
+		requests:      make(chan polled, 256),
+		pushesGivenUp: make(chan struct{}, 16),
 	}
 	fp.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/tunnel") {
@@ -184,6 +189,13 @@ func (fp *fakeProxy) handlePoll(w http.ResponseWriter, r *http.Request, seen pol
 }
 
 func (fp *fakeProxy) handlePush(t *testing.T, w http.ResponseWriter, r *http.Request) {
+	if fp.holdPushes {
+		// Read, so that the server notices the client going away.
+		_, _ = io.Copy(io.Discard, r.Body)
+		<-r.Context().Done()
+		fp.pushesGivenUp <- struct{}{}
+		return
+	}
 	resp, err := util.DecodeAnswer(r.Body)
 	if err != nil {
 		t.Errorf("fake proxy: push is not an answer: %v", err)

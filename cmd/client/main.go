@@ -25,6 +25,19 @@ import (
 	"github.com/rancher/pushprox/util"
 )
 
+// Bounds of the client's own start and stop.
+const (
+	// fqdnLookupTimeout bounds the DNS look-up of this host's canonical
+	// name at start: without DNS, the host name is used at once.
+	fqdnLookupTimeout = 2 * time.Second
+	// metricsReadHeaderTimeout bounds reading a request head on the
+	// metrics listener, so that idle connections cannot pile up.
+	metricsReadHeaderTimeout = 10 * time.Second
+	// metricsShutdownTimeout bounds the graceful stop of the metrics
+	// listener after polling stopped.
+	metricsShutdownTimeout = 5 * time.Second
+)
+
 func main() {
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
@@ -184,7 +197,7 @@ func hostFQDN() string {
 	if strings.Contains(host, ".") {
 		return host
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), fqdnLookupTimeout)
 	defer cancel()
 	if cname, err := net.DefaultResolver.LookupCNAME(ctx, host); err == nil && cname != "" {
 		return strings.TrimSuffix(cname, ".")
@@ -224,7 +237,7 @@ func run(args []string, stderr io.Writer) int {
 	}
 	metricsServer := &http.Server{
 		Handler:           c.metricsHandler(reg),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: metricsReadHeaderTimeout,
 		ErrorLog:          stdlog.New(log.NewStdlibAdapter(level.Debug(logger)), "", 0),
 	}
 	served := make(chan error, 1)
@@ -234,7 +247,7 @@ func run(args []string, stderr io.Writer) int {
 	c.Run(ctx)
 	level.Info(logger).Log("msg", "stopped polling; scrapes in flight finished")
 
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), metricsShutdownTimeout)
 	defer cancel()
 	if err := metricsServer.Shutdown(shutdownCtx); err != nil {
 		metricsServer.Close()

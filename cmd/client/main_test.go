@@ -82,6 +82,7 @@ func TestFlags(t *testing.T) {
 		{name: "bad FQDN", args: []string{"--fqdn=no/slashes", "--proxy-url=http://proxy.example"}, want: "--fqdn"},
 		{name: "unknown flag", args: append(base, "--bogus"), want: "--bogus"},
 		{name: "missing CA file", args: append(base, "--tls.cacert=/nonexistent/ca.pem"), want: "/nonexistent/ca.pem"},
+		{name: "negative shutdown timeout", args: append(base, "--web.shutdown-timeout=-1s"), want: "--web.shutdown-timeout must not be negative"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var buf bytes.Buffer
@@ -142,7 +143,8 @@ func TestClientBinaryServesAndStopsOnSignal(t *testing.T) {
 	}
 	body, _ = io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, name := range []string{"pushprox_client_scrape_errors_total", "pushprox_client_push_errors_total", "pushprox_client_poll_errors_total"} {
+	for _, name := range []string{"pushprox_client_scrape_errors_total", "pushprox_client_push_errors_total", "pushprox_client_poll_errors_total",
+		"pushprox_client_poll_cuts_total", "pushprox_client_scrape_duration_seconds_count", `pushprox_client_transport{transport="tunnel"} 1`} {
 		if !strings.Contains(string(body), name) {
 			t.Errorf("client metrics lack %s", name)
 		}

@@ -32,7 +32,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		pushErrors: factory.NewCounter(prometheus.CounterOpts{
 			Name: "pushprox_client_push_errors_total",
-			Help: "Number of pushes to the proxy that failed or were refused.",
+			Help: "Number of answers that could not be sent back to the proxy (a push, or a tunnel stream), failed or refused.",
 		}),
 		pollErrors: factory.NewCounter(prometheus.CounterOpts{
 			Name: "pushprox_client_poll_errors_total",

@@ -160,23 +160,12 @@ func (c *client) pollLoop(ctx, scrapeCtx context.Context, up *upstream) {
 			continue
 		}
 		taken := time.Now()
+		id := req.Header.Get(util.HeaderID)
+		push := func(resp *http.Response) error { return c.push(up, id, resp) }
 		// Wait for a free slot before taking more work from this proxy.
-		select {
-		case c.slots <- struct{}{}:
-		case <-ctx.Done():
-			resp, done := c.errorAnswer(scrapeCtx, req, errors.New("client is shutting down"))
-			c.pushAnswer(up, req, resp, taken)
-			done()
+		if !c.startScrape(ctx, scrapeCtx, req, taken, push) {
 			return
 		}
-		c.scrapes.Add(1)
-		go func() {
-			defer c.scrapes.Done()
-			defer func() { <-c.slots }()
-			resp, done := c.answer(scrapeCtx, req)
-			defer done()
-			c.pushAnswer(up, req, resp, taken)
-		}()
 	}
 }
 
@@ -290,19 +279,6 @@ func parseScrapeRequest(body []byte) (*http.Request, error) {
 		return nil, fmt.Errorf("poll answer: %w", err)
 	}
 	return req, nil
-}
-
-// pushAnswer pushes the answer to req taken at taken, logs and counts the
-// outcome.
-func (c *client) pushAnswer(up *upstream, req *http.Request, resp *http.Response, taken time.Time) {
-	defer func() { c.metrics.scrapeDuration.Observe(time.Since(taken).Seconds()) }()
-	logger := scrapeLogger(c.logger, req)
-	if err := c.push(up, req.Header.Get(util.HeaderID), resp); err != nil {
-		c.metrics.pushErrors.Inc()
-		level.Warn(logger).Log("msg", "push failed", "status", resp.StatusCode, "err", err)
-		return
-	}
-	level.Debug(logger).Log("msg", "scraped", "status", resp.StatusCode, "duration", time.Since(taken))
 }
 
 // pushReasonLimit bounds the part of a refused push's answer kept for the

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -131,44 +129,15 @@ func TestProxyAnsweringNoWorkAtOncePacesPolls(t *testing.T) {
 // A push of a scrape error is bounded in time: a proxy that never answers
 // it must not hold a scrape slot, nor the client's shutdown, for ever.
 func TestRefusePushIsBounded(t *testing.T) {
-	polls := make(chan struct{}, 1)
-	pushCut := make(chan struct{}, 1)
-	// Unblocks the handlers when the test ends, even if the client hangs.
-	testDone := make(chan struct{})
-	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.ReadAll(r.Body)
-		switch {
-		case strings.HasSuffix(r.URL.Path, "/poll"):
-			select {
-			case polls <- struct{}{}:
-				// A scrape whose timeout header is invalid is refused.
-				w.Write(withTimeoutHeader(t, scrapeRequest(t, "http://127.0.0.1:9/metrics", uuid.NewString(), nil), []string{"soon"}))
-			default:
-				select {
-				case <-r.Context().Done():
-				case <-testDone:
-				}
-			}
-		case strings.HasSuffix(r.URL.Path, "/push"):
-			// Stalled: never answered.
-			select {
-			case <-r.Context().Done():
-				pushCut <- struct{}{}
-			case <-testDone:
-			}
-		}
-	}))
-	t.Cleanup(proxy.Close)
-	proxyURL, err := util.ParseProxyURL(proxy.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := testConfig(proxyURL, "127.0.0.1")
+	fp := startFakeProxy(t)
+	fp.holdPushes = true
+	// A scrape whose timeout header is invalid is refused.
+	fp.answers <- pollAnswer{status: http.StatusOK, body: withTimeoutHeader(t, scrapeRequest(t, "http://127.0.0.1:9/metrics", uuid.NewString(), nil), []string{"soon"})}
+	cfg := testConfig(fp.url(t), "127.0.0.1")
 	cfg.refuseTimeout = 200 * time.Millisecond
 	startClient(t, cfg)
-	t.Cleanup(func() { close(testDone) })
 	select {
-	case <-pushCut:
+	case <-fp.pushesGivenUp:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the push of a refused scrape was not given up")
 	}
@@ -178,41 +147,27 @@ func TestRefusePushIsBounded(t *testing.T) {
 // and following it would hand the --proxy.username credentials to whatever
 // host the redirect names.
 func TestProxyRedirectDoesNotCarryCredentials(t *testing.T) {
-	evil := make(chan string, 16)
-	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		evil <- r.Header.Get("Authorization")
-		http.NotFound(w, r)
-	}))
-	t.Cleanup(elsewhere.Close)
-	polls := make(chan struct{}, 16)
-	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		polls <- struct{}{}
-		http.Redirect(w, r, elsewhere.URL+"/poll", http.StatusTemporaryRedirect)
-	}))
-	t.Cleanup(proxy.Close)
-	proxyURL, err := util.ParseProxyURL(proxy.URL)
-	if err != nil {
-		t.Fatal(err)
+	elsewhere := startFakeProxy(t)
+	fp := startFakeProxy(t)
+	for range 2 {
+		fp.answer(http.StatusTemporaryRedirect, http.Header{"Location": {elsewhere.url(t).String() + "/poll"}}, "")
 	}
 	passwordFile := filepath.Join(t.TempDir(), "password")
 	if err := os.WriteFile(passwordFile, []byte("hunter2\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := testConfig(proxyURL, "127.0.0.1")
+	cfg := testConfig(fp.url(t), "127.0.0.1")
 	cfg.security.proxyUsername = "node1"
 	cfg.security.proxyPasswordFile = passwordFile
-	startClient(t, cfg)
+	c := startClient(t, cfg)
 
-	for range 2 {
-		select {
-		case <-polls:
-		case <-time.After(waitLimit):
-			t.Fatal("no poll")
-		}
+	for range 3 {
+		fp.nextPoll(t)
 	}
+	c.stop(t)
 	select {
-	case auth := <-evil:
-		t.Errorf("redirect followed to another host, with Authorization %q", auth)
+	case r := <-elsewhere.requests:
+		t.Errorf("redirect followed to another host, with Authorization %q", r.authorization)
 	default:
 	}
 }

@@ -16,9 +16,49 @@ import (
 )
 
 // One scrape, whatever carries it. A transport (a poll loop, or a tunnel
-// with one stream per scrape) decodes a scrape request, calls answer, and
-// sends the answer back in the wire form with answerHead or writeAnswer
-// before calling done.
+// with one stream per scrape) decodes a scrape request and hands it to
+// startScrape with a function that sends the answer back in the wire form
+// (answerHead and the body, or writeAnswer). startScrape bounds the
+// scrapes at once, counts them for the drain at shutdown, times them and
+// logs their outcome; answer makes the scrape itself.
+
+// startScrape makes the scrape of req, taken from a transport at taken, in
+// a goroutine under scrapeCtx once a scrape slot is free, and sends its
+// answer with send. When ctx (the transport's) ends before a slot is free,
+// the scrape is refused through send at once and startScrape reports
+// false.
+func (c *client) startScrape(ctx, scrapeCtx context.Context, req *http.Request, taken time.Time, send func(*http.Response) error) bool {
+	select {
+	case c.slots <- struct{}{}:
+	case <-ctx.Done():
+		resp, done := c.errorAnswer(scrapeCtx, req, errors.New("client is shutting down"))
+		c.sendAnswer(req, resp, taken, send)
+		done()
+		return false
+	}
+	c.scrapes.Add(1)
+	go func() {
+		defer c.scrapes.Done()
+		defer func() { <-c.slots }()
+		resp, done := c.answer(scrapeCtx, req)
+		defer done()
+		c.sendAnswer(req, resp, taken, send)
+	}()
+	return true
+}
+
+// sendAnswer sends the answer to req, taken at taken, with send; it logs
+// and counts the outcome and times the scrape.
+func (c *client) sendAnswer(req *http.Request, resp *http.Response, taken time.Time, send func(*http.Response) error) {
+	defer func() { c.metrics.scrapeDuration.Observe(time.Since(taken).Seconds()) }()
+	logger := scrapeLogger(c.logger, req)
+	if err := send(resp); err != nil {
+		c.metrics.pushErrors.Inc()
+		level.Warn(logger).Log("msg", "sending answer failed", "status", resp.StatusCode, "err", err)
+		return
+	}
+	level.Debug(logger).Log("msg", "scraped", "status", resp.StatusCode, "duration", time.Since(taken))
+}
 
 // answer makes the scrape that req asks for: it applies the client's rules
 // and the request's timeout, and returns the target's response with its
@@ -115,9 +155,6 @@ func answerBody(resp *http.Response, length int64) io.Reader {
 	return resp.Body
 }
 
-// errAnswerShort says a target's body ended before the length it gave.
-var errAnswerShort = errors.New("target answer shorter than its Content-Length")
-
 // writeAnswer writes resp to w as the answer to scrape id, in the wire
 // form: its head (with the body's length when known), then its body. A
 // body that is shorter than the length it gave is an error; one that is
@@ -134,7 +171,7 @@ func writeAnswer(w io.Writer, resp *http.Response, id string) error {
 	}
 	n, err := io.Copy(w, io.LimitReader(body, length))
 	if err == nil && n < length {
-		err = errAnswerShort
+		err = fmt.Errorf("target answer body ended after %d of its %d bytes", n, length)
 	}
 	return err
 }

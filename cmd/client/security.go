@@ -42,7 +42,7 @@ func addSecurityFlags(app *kingpin.Application, s *securityConfig) {
 		IsSetByUser(&s.scrapeTLSGiven).ExistingFileVar(&s.scrapeKeyFile)
 	app.Flag("scrape.tls.insecure-skip-verify", "Skip verification of HTTPS targets' certificates.").
 		IsSetByUser(&s.scrapeTLSGiven).BoolVar(&s.scrapeInsecureSkipVerify)
-	app.Flag("scrape.allow", "Target HOST:PORT/PATH the proxy may ask for, each part a glob (e.g. '*:9100/metrics'); repeatable. When given, every other target is refused.").
+	app.Flag("scrape.allow", "Target HOST:PORT/PATH the proxy may ask for, each part a glob (e.g. '*:9100/metrics'); HOST is the host the proxy asks for, also under --use-localhost. Repeatable (in the environment, one per line). When given, every other target is refused.").
 		SetValue(&s.scrapeAllow)
 	app.Flag("web.config.file", "Exporter-toolkit web config file for TLS and basic auth on the metrics listener.").
 		ExistingFileVar(&s.webConfigFile)

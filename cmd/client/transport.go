@@ -24,8 +24,9 @@ const (
 	// does not answer is a failed poll or scrape, not a hung one.
 	dialTimeout         = 10 * time.Second
 	tlsHandshakeTimeout = 10 * time.Second
-	// maxIdleConnsPerHost keeps enough connections for the concurrent
-	// pushes to one proxy without re-dialling.
+	// maxIdleConns and maxIdleConnsPerHost keep enough connections for
+	// the concurrent pushes to a few proxies without re-dialling.
+	maxIdleConns        = 100
 	maxIdleConnsPerHost = 16
 	// idleConnTimeout closes connections unused for longer than a poll
 	// cycle, as Go's default transport does.
@@ -33,6 +34,9 @@ const (
 	// ioBufferSize: pushes stream bodies in 32 KiB pieces; a larger buffer
 	// sends each in one write instead of several.
 	ioBufferSize = 64 << 10
+	// expectContinueTimeout is net/http's default: a body is sent after it
+	// if the peer says nothing to an Expect: 100-continue.
+	expectContinueTimeout = time.Second
 )
 
 // newTransport returns a keep-alive transport whose connections notice a
@@ -54,10 +58,10 @@ func newTransport(tlsConfig *tls.Config, address string) *http.Transport {
 		TLSClientConfig:       tlsConfig,
 		TLSHandshakeTimeout:   tlsHandshakeTimeout,
 		DisableCompression:    true,
-		MaxIdleConns:          100,
+		MaxIdleConns:          maxIdleConns,
 		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
 		IdleConnTimeout:       idleConnTimeout,
-		ExpectContinueTimeout: time.Second,
+		ExpectContinueTimeout: expectContinueTimeout,
 		WriteBufferSize:       ioBufferSize,
 		ReadBufferSize:        ioBufferSize,
 	}

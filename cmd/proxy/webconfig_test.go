@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"net/http"
 	"os"
 	"regexp"
@@ -140,4 +141,51 @@ func TestSIGHUPReloadsTheProxyInsteadOfEndingIt(t *testing.T) {
 	if code := proxy.Wait(); code != 0 {
 		t.Errorf("proxy exited with %d after SIGHUP and SIGTERM:\n%s", code, proxy.Output())
 	}
+}
+
+func TestWebConfigChangesApplyWithoutRestart(t *testing.T) {
+	sp := startSecProxy(t, false, secWebConfig(t, map[string]string{"prometheus": "old-secret"}))
+	serverSerial := func() string {
+		conn, err := tls.Dial("tcp", sp.addr, &tls.Config{RootCAs: sp.ca.Pool()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	t.Run("server certificate", func(t *testing.T) {
+		before := serverSerial()
+		renewed := sp.ca.Server(t)
+		renewed.WriteFiles(t, sp.dir, "server")
+		if got := serverSerial(); got != renewed.Cert.SerialNumber.String() || got == before {
+			t.Errorf("handshake after renewal shows serial %s, want the renewed %s (was %s)", got, renewed.Cert.SerialNumber, before)
+		}
+	})
+	t.Run("users", func(t *testing.T) {
+		if code := sp.status(t, "old-secret"); code != http.StatusOK {
+			t.Fatalf("old password answered %d before the change", code)
+		}
+		testpki.WriteFile(t, sp.dir, "web.yml", []byte(secWebConfig(t, map[string]string{"prometheus": "new-secret"})))
+		if code := sp.status(t, "old-secret"); code != http.StatusUnauthorized {
+			t.Errorf("old password answered %d after the change, want 401", code)
+		}
+		if code := sp.status(t, "new-secret"); code != http.StatusOK {
+			t.Errorf("new password answered %d", code)
+		}
+		if got := sp.lastReloadOK(t); got != 1 {
+			t.Errorf("last reload successful = %v, want 1", got)
+		}
+	})
+	t.Run("invalid file keeps the previous configuration", func(t *testing.T) {
+		testpki.WriteFile(t, sp.dir, "web.yml", []byte("basic_auth_users: [not, a, map]\n"))
+		if code := sp.status(t, "new-secret"); code != http.StatusOK {
+			t.Errorf("password of the previous configuration answered %d", code)
+		}
+		if code := sp.status(t, ""); code != http.StatusUnauthorized {
+			t.Errorf("no password answered %d, want 401", code)
+		}
+		if got := sp.lastReloadOK(t); got != 0 {
+			t.Errorf("last reload successful = %v, want 0", got)
+		}
+	})
 }
