@@ -170,8 +170,11 @@ func TestSIGHUPReloadsTheClientInsteadOfEndingIt(t *testing.T) {
 		"--web.config.file="+webConfig,
 	)
 	client.WaitForOutput(regexp.MustCompile(`msg=polling`))
+	// The exporter toolkit has read the file and serves.
+	client.WaitForOutput(regexp.MustCompile(`msg="TLS is disabled."`))
 	client.Signal(syscall.SIGHUP)
-	client.WaitForOutput(regexp.MustCompile(`msg="reloading on sighup"[^\n]*\n[^\n]*msg=reloaded what="web config"`))
+	client.WaitForOutput(regexp.MustCompile(`msg="reloading on sighup"`))
+	client.WaitForOutput(regexp.MustCompile(`msg=reloaded what="web config"`))
 	// A web config that cannot be used is reported, and the client goes on.
 	if err := os.WriteFile(webConfig, []byte("basic_auth_users:\n  alice: not-a-hash\n"), 0o600); err != nil {
 		t.Fatal(err)
