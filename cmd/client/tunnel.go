@@ -155,57 +155,50 @@ func (c *client) runTunnel(ctx, scrapeCtx context.Context, up *upstream, logger 
 			streams.Wait()
 			return err
 		}
-		select {
-		case c.slots <- struct{}{}:
-		case <-ctx.Done():
-			stream.Close()
-			continue
-		}
 		streams.Add(1)
-		c.scrapes.Add(1)
-		go func() {
-			defer c.scrapes.Done()
-			defer streams.Done()
-			defer func() { <-c.slots }()
-			c.serveStream(scrapeCtx, stream)
-		}()
+		go c.serveStream(ctx, scrapeCtx, stream, streams.Done)
 	}
 }
 
-// serveStream answers the scrape request a stream carries, on the stream.
-func (c *client) serveStream(ctx context.Context, stream *yamux.Stream) {
-	defer stream.Close()
+// serveStream reads what a stream asks for and serves it: a scrape,
+// through the same slots, drain and accounting as a polled one, answered on
+// the stream; or a CONNECT. The request is read before a scrape slot is
+// taken, so that a slow stream cannot hold one. ended is called once the
+// stream is closed.
+func (c *client) serveStream(ctx, scrapeCtx context.Context, stream *yamux.Stream, ended func()) {
+	var once sync.Once
+	end := func() {
+		once.Do(func() {
+			stream.Close()
+			ended()
+		})
+	}
 	_ = stream.SetReadDeadline(time.Now().Add(maxStreamRequest))
 	reader := bufio.NewReaderSize(stream, 4<<10)
 	req, err := util.DecodeStreamRequest(reader)
 	if err != nil {
 		c.metrics.scrapeErrors.Inc()
 		level.Warn(c.logger).Log("msg", "bad scrape request on tunnel", "err", err)
+		end()
 		return
 	}
 	if req.Method == http.MethodConnect {
-		c.serveConnect(ctx, stream, reader, req)
+		defer end()
+		c.serveConnect(scrapeCtx, stream, reader, req)
 		return
 	}
-	taken := time.Now()
-	defer func() { c.metrics.scrapeDuration.Observe(time.Since(taken).Seconds()) }()
-	resp, done := c.answer(ctx, req)
-	defer done()
-	if deadline, ok := resp.Request.Context().Deadline(); ok {
-		_ = stream.SetWriteDeadline(deadline)
-	}
-	logger := scrapeLogger(c.logger, req)
-	// One buffer for head and body, so that a small answer leaves in one
-	// tunnel frame.
-	out := bufio.NewWriterSize(stream, answerBufferSize)
-	err = writeAnswer(out, resp, req.Header.Get(util.HeaderID))
-	if err == nil {
-		err = out.Flush()
-	}
-	if err != nil {
-		c.metrics.pushErrors.Inc()
-		level.Warn(logger).Log("msg", "answering on tunnel failed", "status", resp.StatusCode, "err", err)
-		return
-	}
-	level.Debug(logger).Log("msg", "scraped", "status", resp.StatusCode, "duration", time.Since(taken))
+	id := req.Header.Get(util.HeaderID)
+	c.startScrape(ctx, scrapeCtx, req, time.Now(), func(resp *http.Response) error {
+		defer end()
+		if deadline, ok := resp.Request.Context().Deadline(); ok {
+			_ = stream.SetWriteDeadline(deadline)
+		}
+		// One buffer for head and body, so that a small answer leaves in
+		// one tunnel frame.
+		out := bufio.NewWriterSize(stream, answerBufferSize)
+		if err := writeAnswer(out, resp, id); err != nil {
+			return err
+		}
+		return out.Flush()
+	})
 }
