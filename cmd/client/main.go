@@ -228,7 +228,7 @@ func run(args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	stopReloading := reloadOnSIGHUP(ctx, c, logger)
+	stopReloading := util.OnSIGHUP(ctx, logger, c.reload)
 	defer stopReloading()
 	ln, err := net.Listen("tcp", cfg.metricsAddress)
 	if err != nil {
@@ -266,30 +266,4 @@ func redacted(urls []*url.URL) []string {
 		out[i] = u.Redacted()
 	}
 	return out
-}
-
-// reloadOnSIGHUP makes SIGHUP reload what the client can reload, instead
-// of ending it, until ctx ends or the returned stop is called.
-func reloadOnSIGHUP(ctx context.Context, c *client, logger log.Logger) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-hup:
-				level.Info(logger).Log("msg", "reloading on sighup")
-				c.reload()
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	return func() {
-		signal.Stop(hup)
-		cancel()
-		<-done
-	}
 }

@@ -7,10 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"sync"
-	"syscall"
 
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
@@ -183,30 +181,15 @@ func (f *webConfigFile) current() *webState {
 // file is also re-read whenever it changes; SIGHUP makes the outcome
 // visible in the log and the reload metric without waiting for a request.
 func (s *security) reloadOnSIGHUP(ctx context.Context) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	level.Debug(s.logger).Log("msg", "sighup reloads the web config")
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-hup:
-				level.Info(s.logger).Log("msg", "reloading on sighup")
-				if s.file != nil {
-					s.file.current()
-				}
-			case <-ctx.Done():
-				return
-			}
+	stop = util.OnSIGHUP(ctx, s.logger, func() {
+		if s.file != nil {
+			s.file.current()
 		}
-	}()
-	return func() {
-		signal.Stop(hup)
-		cancel()
-		<-done
-	}
+	})
+	// Logged once SIGHUP is caught, so that a signal sent after this line
+	// reloads.
+	level.Debug(s.logger).Log("msg", "sighup reloads the web config")
+	return stop
 }
 
 // tlsConfig returns the TLS settings for one handshake.
