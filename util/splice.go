@@ -1,6 +1,7 @@
 package util
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"sync"
@@ -66,12 +67,18 @@ func Splice(a, b SpliceConn, idle time.Duration, counted func(aToB bool, n int))
 	return aToB, bToA
 }
 
-// BufferedConn reads what a bufio.Reader (or any reader) holds before the
-// connection it wraps.
+// BufferedConn is a connection whose first bytes were read into Reader
+// (by net/http before a hijack, or while reading a head): it reads what
+// Reader holds, then the connection directly.
 type BufferedConn struct {
 	SpliceConn
-	Reader io.Reader
+	Reader *bufio.Reader
 }
 
-// Read reads from Reader, which must end in the connection.
-func (c BufferedConn) Read(b []byte) (int, error) { return c.Reader.Read(b) }
+// Read reads the bytes Reader holds first.
+func (c BufferedConn) Read(b []byte) (int, error) {
+	if c.Reader.Buffered() > 0 {
+		return c.Reader.Read(b)
+	}
+	return c.SpliceConn.Read(b)
+}

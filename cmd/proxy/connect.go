@@ -2,18 +2,17 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/go-kit/log/level"
 	"github.com/google/uuid"
-	"github.com/hashicorp/yamux"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
@@ -76,7 +75,7 @@ func newConnectMetrics(reg prometheus.Registerer) *connectMetrics {
 // streamOpener is a carrier that can open a byte stream to a target
 // through its client: a tunnel.
 type streamOpener interface {
-	Connect(ctx context.Context, id, target string, dialTimeout time.Duration) (io.ReadWriteCloser, *http.Response, *yamux.Stream, error)
+	Connect(ctx context.Context, id, target string, dialTimeout time.Duration) (util.SpliceConn, *http.Response, error)
 }
 
 // handleConnect carries a CONNECT from Prometheus to a tunnel client of the
@@ -131,7 +130,7 @@ func (p *proxy) handleConnect(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), connectDialTimeout+time.Second)
 	defer cancel()
-	remote, answer, stream, err := opener.Connect(ctx, uuid.NewString(), r.Host, connectDialTimeout)
+	remote, answer, err := opener.Connect(ctx, uuid.NewString(), r.Host, connectDialTimeout)
 	if err != nil {
 		refuse(connectClientFail, http.StatusBadGateway, "client %q could not be reached through its tunnel: %v", fqdn, err)
 		return
@@ -143,7 +142,8 @@ func (p *proxy) handleConnect(w http.ResponseWriter, r *http.Request) {
 		if answer.StatusCode == http.StatusForbidden {
 			cause = connectForbidden
 		}
-		refuse(cause, answer.StatusCode, "client %q: %s", fqdn, firstLineOf(reason))
+		line, _, _ := strings.Cut(strings.TrimSpace(string(reason)), "\n")
+		refuse(cause, answer.StatusCode, "client %q: %s", fqdn, line)
 		return
 	}
 	conn, buffered, err := http.NewResponseController(w).Hijack()
@@ -163,8 +163,7 @@ func (p *proxy) handleConnect(w http.ResponseWriter, r *http.Request) {
 	defer p.connects.open.Dec()
 	toTarget, fromTarget := p.connects.bytes.WithLabelValues("to_target"), p.connects.bytes.WithLabelValues("from_target")
 	prometheusSide := util.BufferedConn{SpliceConn: conn, Reader: buffered.Reader}
-	clientSide := util.BufferedConn{SpliceConn: stream, Reader: remote}
-	util.Splice(prometheusSide, clientSide, p.cfg.connectIdleTimeout, func(forward bool, n int) {
+	util.Splice(prometheusSide, remote, p.cfg.connectIdleTimeout, func(forward bool, n int) {
 		if forward {
 			toTarget.Add(float64(n))
 		} else {
@@ -173,46 +172,31 @@ func (p *proxy) handleConnect(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// firstLineOf returns the first line of a reason, trimmed.
-func firstLineOf(b []byte) string {
-	line, _, _ := bufio.NewReader(bytes.NewReader(b)).ReadLine()
-	return string(line)
-}
-
 // Connect opens a stream that asks the client to dial target, and reads
 // its answer: 200 once connected, or the reason it did not. The returned
-// reader reads the stream from where the answer ends.
-func (t *tunnel) Connect(ctx context.Context, id, target string, dialTimeout time.Duration) (io.ReadWriteCloser, *http.Response, *yamux.Stream, error) {
+// connection is the stream from where the answer ends.
+func (t *tunnel) Connect(ctx context.Context, id, target string, dialTimeout time.Duration) (util.SpliceConn, *http.Response, error) {
 	stream, err := t.session.OpenStream()
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { stream.Close() })
 	defer stop()
 	if _, err := stream.Write(util.EncodeConnectRequest(target, id, dialTimeout)); err != nil {
 		stream.Close()
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	_ = stream.SetReadDeadline(time.Now().Add(dialTimeout + time.Second))
 	reader := bufio.NewReaderSize(stream, 4<<10)
 	resp, err := http.ReadResponse(reader, &http.Request{Method: http.MethodConnect})
 	if err != nil {
 		stream.Close()
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	_ = stream.SetReadDeadline(time.Time{})
 	if ctx.Err() != nil {
 		stream.Close()
-		return nil, nil, nil, ctx.Err()
+		return nil, nil, ctx.Err()
 	}
-	return streamReader{reader, stream}, resp, stream, nil
+	return util.BufferedConn{SpliceConn: stream, Reader: reader}, resp, nil
 }
-
-// streamReader reads a stream through a buffered reader.
-type streamReader struct {
-	*bufio.Reader
-	stream *yamux.Stream
-}
-
-func (s streamReader) Write(b []byte) (int, error) { return s.stream.Write(b) }
-func (s streamReader) Close() error                { return s.stream.Close() }

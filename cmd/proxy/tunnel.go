@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -28,6 +26,20 @@ type tunnels struct {
 	mu   sync.Mutex
 	open map[*yamux.Session]struct{} // guarded by mu
 	wg   sync.WaitGroup              // one per tunnel handler still running
+}
+
+// track notes an open tunnel until the returned untrack is called.
+func (t *tunnels) track(session *yamux.Session) (untrack func()) {
+	t.mu.Lock()
+	t.open[session] = struct{}{}
+	t.wg.Add(1)
+	t.mu.Unlock()
+	return func() {
+		t.mu.Lock()
+		delete(t.open, session)
+		t.mu.Unlock()
+		t.wg.Done()
+	}
 }
 
 // closeAll closes every tunnel and waits for their handlers.
@@ -77,21 +89,12 @@ func (p *proxy) handleTunnel(w http.ResponseWriter, r *http.Request) {
 		conn.Close()
 		return
 	}
-	session, err := yamux.Client(bufferedConn{conn, buffered.Reader}, util.TunnelConfig(p.cfg.tunnelPingInterval))
+	session, err := yamux.Client(util.BufferedConn{SpliceConn: conn, Reader: buffered.Reader}, util.TunnelConfig(p.cfg.tunnelPingInterval))
 	if err != nil {
 		conn.Close()
 		return
 	}
-	p.tunnels.mu.Lock()
-	p.tunnels.open[session] = struct{}{}
-	p.tunnels.wg.Add(1)
-	p.tunnels.mu.Unlock()
-	defer func() {
-		p.tunnels.mu.Lock()
-		delete(p.tunnels.open, session)
-		p.tunnels.mu.Unlock()
-		p.tunnels.wg.Done()
-	}()
+	defer p.tunnels.track(session)()
 	attached, err := p.hub.Attach(client, &tunnel{session: session}, capacity)
 	if err != nil {
 		level.Warn(p.logger).Log("msg", "tunnel refused", "fqdn", client.FQDN, "err", err)
@@ -102,20 +105,6 @@ func (p *proxy) handleTunnel(w http.ResponseWriter, r *http.Request) {
 	<-session.CloseChan()
 	attached.Detach()
 	level.Debug(p.logger).Log("msg", "tunnel closed", "fqdn", client.FQDN, "remote", r.RemoteAddr)
-}
-
-// bufferedConn reads what net/http had buffered before the connection was
-// taken over, then the connection.
-type bufferedConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func (c bufferedConn) Read(b []byte) (int, error) {
-	if c.r.Buffered() > 0 {
-		return c.r.Read(b)
-	}
-	return c.Conn.Read(b)
 }
 
 // tunnel carries scrapes to a client, one yamux stream each.

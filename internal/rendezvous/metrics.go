@@ -36,31 +36,38 @@ func newHubMetrics(h *Hub, maxClients int, reg prometheus.Registerer) *hubMetric
 		Help: "Most client registrations kept at once (--registration.max-clients).",
 	}).Set(float64(maxClients))
 	if reg != nil {
-		reg.MustRegister(&hubCollector{hub: h})
+		reg.MustRegister(newHubCollector(h))
 	}
 	return m
 }
 
 // hubCollector exports gauges read from one snapshot of the hub's state.
-type hubCollector struct{ hub *Hub }
+type hubCollector struct {
+	hub                                 *Hub
+	clients, parked, connected, tunnels *prometheus.Desc
+	clientConnected, clientLastSeen     *prometheus.Desc
+}
 
-var (
-	clientsDesc = prometheus.NewDesc("pushprox_proxy_clients",
-		"Number of known clients.", nil, nil)
-	parkedDesc = prometheus.NewDesc("pushprox_proxy_parked_polls",
-		"Number of client polls parked, waiting for a scrape.", nil, nil)
-	connectedDesc = prometheus.NewDesc("pushprox_proxy_clients_connected",
-		"Client registrations with a live connection now, by transport.", []string{"transport"}, nil)
-	tunnelsDesc = prometheus.NewDesc("pushprox_proxy_tunnels",
-		"Tunnels attached now.", nil, nil)
-	clientConnectedDesc = prometheus.NewDesc("pushprox_proxy_client_connected",
-		"1 while a client of the FQDN has a live connection, 0 while it is known but not connected; transport of its latest connection.", []string{"fqdn", "transport"}, nil)
-	clientLastSeenDesc = prometheus.NewDesc("pushprox_proxy_client_last_seen_timestamp_seconds",
-		"Unix time of the latest contact with a client of the FQDN (now, while connected).", []string{"fqdn"}, nil)
-)
+func newHubCollector(h *Hub) *hubCollector {
+	return &hubCollector{
+		hub: h,
+		clients: prometheus.NewDesc("pushprox_proxy_clients",
+			"Number of known clients.", nil, nil),
+		parked: prometheus.NewDesc("pushprox_proxy_parked_polls",
+			"Number of client polls parked, waiting for a scrape.", nil, nil),
+		connected: prometheus.NewDesc("pushprox_proxy_clients_connected",
+			"Client registrations with a live connection now, by transport.", []string{"transport"}, nil),
+		tunnels: prometheus.NewDesc("pushprox_proxy_tunnels",
+			"Tunnels attached now.", nil, nil),
+		clientConnected: prometheus.NewDesc("pushprox_proxy_client_connected",
+			"1 while a client of the FQDN has a live connection, 0 while it is known but not connected; transport of its latest connection.", []string{"fqdn", "transport"}, nil),
+		clientLastSeen: prometheus.NewDesc("pushprox_proxy_client_last_seen_timestamp_seconds",
+			"Unix time of the latest contact with a client of the FQDN (now, while connected).", []string{"fqdn"}, nil),
+	}
+}
 
 func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{clientsDesc, parkedDesc, connectedDesc, tunnelsDesc, clientConnectedDesc, clientLastSeenDesc} {
+	for _, d := range []*prometheus.Desc{c.clients, c.parked, c.connected, c.tunnels, c.clientConnected, c.clientLastSeen} {
 		ch <- d
 	}
 }
@@ -117,17 +124,17 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	parked := h.polls.len()
 	h.mu.Unlock()
 
-	ch <- prometheus.MustNewConstMetric(clientsDesc, prometheus.GaugeValue, float64(known))
-	ch <- prometheus.MustNewConstMetric(parkedDesc, prometheus.GaugeValue, float64(parked))
-	ch <- prometheus.MustNewConstMetric(connectedDesc, prometheus.GaugeValue, float64(connectedPoll), TransportPoll)
-	ch <- prometheus.MustNewConstMetric(connectedDesc, prometheus.GaugeValue, float64(connectedTunnel), TransportTunnel)
-	ch <- prometheus.MustNewConstMetric(tunnelsDesc, prometheus.GaugeValue, float64(tunnels))
+	ch <- prometheus.MustNewConstMetric(c.clients, prometheus.GaugeValue, float64(known))
+	ch <- prometheus.MustNewConstMetric(c.parked, prometheus.GaugeValue, float64(parked))
+	ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, float64(connectedPoll), TransportPoll)
+	ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, float64(connectedTunnel), TransportTunnel)
+	ch <- prometheus.MustNewConstMetric(c.tunnels, prometheus.GaugeValue, float64(tunnels))
 	for fqdn, state := range perFQDN {
 		connected := 0.0
 		if state.connected {
 			connected = 1
 		}
-		ch <- prometheus.MustNewConstMetric(clientConnectedDesc, prometheus.GaugeValue, connected, fqdn, state.transport)
-		ch <- prometheus.MustNewConstMetric(clientLastSeenDesc, prometheus.GaugeValue, state.lastSeen, fqdn)
+		ch <- prometheus.MustNewConstMetric(c.clientConnected, prometheus.GaugeValue, connected, fqdn, state.transport)
+		ch <- prometheus.MustNewConstMetric(c.clientLastSeen, prometheus.GaugeValue, state.lastSeen, fqdn)
 	}
 }
