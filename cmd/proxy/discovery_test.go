@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/rancher/pushprox/internal/rendezvous"
+	"github.com/rancher/pushprox/internal/testclock"
 	"github.com/rancher/pushprox/util"
 )
 
@@ -202,7 +203,7 @@ func TestLabelSetsPerFQDNAreBounded(t *testing.T) {
 }
 
 func TestRegistrationsAreBoundedInTotal(t *testing.T) {
-	clock := &fakeClock{now: time.Unix(1e9, 0)}
+	clock := testclock.New(time.Unix(1e9, 0))
 	cfg := defaultConfig()
 	cfg.maxClients = 3
 	cfg.registrationTimeout = time.Minute
@@ -224,7 +225,7 @@ func TestRegistrationsAreBoundedInTotal(t *testing.T) {
 	}
 	// A full registry makes room by forgetting the client seen least
 	// recently among those without a live poll.
-	clock.advance(time.Second)
+	clock.Advance(time.Second)
 	if code := pollAs("b.example"); code != http.StatusNoContent {
 		t.Errorf("a known client: %d, want 204", code)
 	}
@@ -251,7 +252,7 @@ func TestRegistrationsAreBoundedInTotal(t *testing.T) {
 	cancel()
 	tp.waitParked(t, 0)
 	// Once the others are forgotten, there is room again.
-	clock.advance(2 * cfg.registrationTimeout)
+	clock.Advance(2 * cfg.registrationTimeout)
 	tp.hub.CollectGarbage()
 	if code := pollAs("e.example"); code != http.StatusNoContent {
 		t.Errorf("after garbage collection: %d, want 204", code)

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/rancher/pushprox/internal/testclock"
 )
 
 // metricValue returns the value of the series of name whose labels include
@@ -59,7 +61,7 @@ func expectMetric(t *testing.T, reg prometheus.Gatherer, name string, labels map
 // The connection metrics the monitoring mixin relies on follow a client
 // through its life: connected, cut, known but silent, forgotten, back.
 func TestConnectionMetricsFollowAClientsLife(t *testing.T) {
-	clock := &fakeClock{now: time.Unix(1e9, 0)}
+	clock := testclock.New(time.Unix(1e9, 0))
 	cfg := defaultConfig()
 	cfg.registrationTimeout = time.Minute
 	cfg.maxClients = 123
@@ -87,7 +89,7 @@ func TestConnectionMetricsFollowAClientsLife(t *testing.T) {
 	expectMetric(t, tp.reg, "pushprox_proxy_clients_connected", poll, 1)
 	expectMetric(t, tp.reg, "pushprox_proxy_client_connects_total", poll, 1)
 	expectMetric(t, tp.reg, "pushprox_proxy_client_connected", map[string]string{"fqdn": "node1", "transport": "poll"}, 1)
-	clock.advance(10 * time.Second)
+	clock.Advance(10 * time.Second)
 	expectMetric(t, tp.reg, "pushprox_proxy_client_last_seen_timestamp_seconds", node1, 1e9+10)
 	expectMetric(t, tp.reg, "pushprox_proxy_polls_cut_total", nil, 0)
 
@@ -101,7 +103,7 @@ func TestConnectionMetricsFollowAClientsLife(t *testing.T) {
 	})
 	expectMetric(t, tp.reg, "pushprox_proxy_polls_cut_total", nil, 1)
 	expectMetric(t, tp.reg, "pushprox_proxy_client_connected", node1, 0)
-	clock.advance(20 * time.Second)
+	clock.Advance(20 * time.Second)
 	expectMetric(t, tp.reg, "pushprox_proxy_client_last_seen_timestamp_seconds", node1, 1e9+10)
 
 	// A poll of a known client is no new connection; an empty answer is
@@ -116,7 +118,7 @@ func TestConnectionMetricsFollowAClientsLife(t *testing.T) {
 
 	// Forgotten: its series go; when it comes back, that is a new
 	// connection.
-	clock.advance(2 * cfg.registrationTimeout)
+	clock.Advance(2 * cfg.registrationTimeout)
 	tp.hub.CollectGarbage()
 	if _, ok := metricValue(t, tp.reg, "pushprox_proxy_client_connected", node1); ok {
 		t.Error("a forgotten client still has pushprox_proxy_client_connected")

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/rancher/pushprox/internal/testclock"
 	"github.com/rancher/pushprox/util"
 )
 
@@ -423,26 +424,8 @@ func TestPollWaitPreference(t *testing.T) {
 	}
 }
 
-// fakeClock is a settable clock for client registrations.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time // guarded by mu
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 func TestClientsListsIdleConnectedClientsAndForgetsGoneOnes(t *testing.T) {
-	clock := &fakeClock{now: time.Unix(1e9, 0)}
+	clock := testclock.New(time.Unix(1e9, 0))
 	cfg := defaultConfig()
 	cfg.registrationTimeout = time.Minute
 	cfg.clock = clock.Now
@@ -477,7 +460,7 @@ func TestClientsListsIdleConnectedClientsAndForgetsGoneOnes(t *testing.T) {
 		return false
 	})
 
-	clock.advance(2 * cfg.registrationTimeout)
+	clock.Advance(2 * cfg.registrationTimeout)
 	tp.hub.CollectGarbage()
 
 	resp, err := http.Get(tp.srv.URL + "/clients")

@@ -13,6 +13,8 @@ import (
 	"github.com/go-kit/log"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
+
+	"github.com/rancher/pushprox/internal/testclock"
 )
 
 // TestMain checks that no test leaves a goroutine behind: every hub is
@@ -28,33 +30,17 @@ const testTimeout = 10 * time.Second
 // registrationTimeout is the registration timeout of the test hubs.
 const registrationTimeout = 5 * time.Minute
 
-// fakeClock is the hub's clock in tests: it moves only when told to.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
+// newFakeClock returns the hub's clock in tests: it moves only when told
+// to.
+func newFakeClock() *testclock.Clock {
+	return testclock.New(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
 }
 
 // testHub is a Hub on a fake clock with its metrics in a registry of its
 // own.
 type testHub struct {
 	*Hub
-	clock   *fakeClock
+	clock   *testclock.Clock
 	metrics *prometheus.Registry
 }
 
