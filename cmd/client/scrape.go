@@ -115,12 +115,22 @@ func scrapeLogger(logger log.Logger, req *http.Request) log.Logger {
 	return log.With(logger, "scrape_id", req.Header.Get(util.HeaderID), "url", req.URL.Redacted())
 }
 
+// answerHeadSlack bounds what an answer's head adds to the target's
+// status line and headers: the Id, the seconds left and the length.
+const answerHeadSlack = 256
+
 // checkAnswerHead refuses a target answer whose head the proxy could not
-// read: one larger than util.MaxAnswerHead once encoded.
+// read: one larger than util.MaxAnswerHead once encoded. It counts the
+// bytes rather than encoding the head, which is done once, when sent.
 func checkAnswerHead(resp *http.Response, id string) error {
-	header := util.AnswerHeader(resp.Header, id, time.Hour, true, resp.ContentLength)
-	if size := len(util.EncodeAnswerHead(resp.StatusCode, resp.Status, header)); size > util.MaxAnswerHead {
-		return fmt.Errorf("target answer head of %d bytes is larger than the %d bytes a proxy reads", size, util.MaxAnswerHead)
+	size := len(resp.Status) + len(id) + answerHeadSlack
+	for name, values := range resp.Header {
+		for _, value := range values {
+			size += len(name) + len(value) + len(": \r\n")
+		}
+	}
+	if size > util.MaxAnswerHead {
+		return fmt.Errorf("target answer head of about %d bytes is larger than the %d bytes a proxy reads", size, util.MaxAnswerHead)
 	}
 	return nil
 }
