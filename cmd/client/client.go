@@ -39,6 +39,9 @@ type client struct {
 	labels       string // the labels header sent with each poll
 	lookupHost   func(ctx context.Context, host string) ([]string, error)
 	connected    atomic.Int64 // proxies whose last poll succeeded
+	// answerWriters recycles the buffered writers of tunnel answers, so
+	// that a scrape does not allocate one of answerBufferSize bytes.
+	answerWriters sync.Pool
 
 	reloadMu sync.Mutex
 	// reloaders are what a reload (SIGHUP) re-reads, by name; guarded by

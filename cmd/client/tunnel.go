@@ -195,7 +195,16 @@ func (c *client) serveStream(ctx, scrapeCtx context.Context, stream *yamux.Strea
 		}
 		// One buffer for head and body, so that a small answer leaves in
 		// one tunnel frame.
-		out := bufio.NewWriterSize(stream, answerBufferSize)
+		out, _ := c.answerWriters.Get().(*bufio.Writer)
+		if out == nil {
+			out = bufio.NewWriterSize(stream, answerBufferSize)
+		} else {
+			out.Reset(stream)
+		}
+		defer func() {
+			out.Reset(nil)
+			c.answerWriters.Put(out)
+		}()
 		if err := writeAnswer(out, resp, id); err != nil {
 			return err
 		}
