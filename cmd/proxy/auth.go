@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	config_util "github.com/prometheus/common/config"
 	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/sync/singleflight"
 )
 
 // authRealm names the proxy in authentication challenges.
@@ -84,16 +85,9 @@ type security struct {
 	// logins and failures hold digests of user, hash and password of
 	// recent successful and failed checks; guarded by loginsMu.
 	logins, failures map[[sha256.Size]byte]struct{}
-	// checking holds the checks under way, so that the same credentials
-	// sent many times at once cost one comparison; guarded by loginsMu.
-	checking map[[sha256.Size]byte]*passwordCheck
-}
-
-// passwordCheck is one bcrypt comparison under way; ok is set before done
-// is closed.
-type passwordCheck struct {
-	done chan struct{}
-	ok   bool
+	// checking makes the same credentials sent many times at once cost one
+	// comparison.
+	checking singleflight.Group
 }
 
 // newSecurity reads the web config file named by cfg, if any.
@@ -103,7 +97,6 @@ func newSecurity(cfg config, logger log.Logger, reg prometheus.Registerer) (*sec
 		bcryptSlots: make(chan struct{}, maxConcurrentBcrypt),
 		logins:      map[[sha256.Size]byte]struct{}{},
 		failures:    map[[sha256.Size]byte]struct{}{},
-		checking:    map[[sha256.Size]byte]*passwordCheck{},
 	}
 	if cfg.webConfigFile == "" {
 		return s, nil
@@ -246,45 +239,34 @@ func (s *security) checkPassword(users map[string]config_util.Secret, credential
 		hex.EncodeToString([]byte(user)), hex.EncodeToString([]byte(hash)), hex.EncodeToString([]byte(password)),
 	}, ":")))
 	s.loginsMu.Lock()
-	if _, remembered := s.logins[key]; remembered && known {
-		s.loginsMu.Unlock()
+	_, remembered := s.logins[key]
+	_, failed := s.failures[key]
+	s.loginsMu.Unlock()
+	switch {
+	case remembered && known:
 		return user, true
-	}
-	if _, failed := s.failures[key]; failed {
-		s.loginsMu.Unlock()
+	case failed:
 		return "", false
 	}
-	if check := s.checking[key]; check != nil {
-		s.loginsMu.Unlock()
-		<-check.done
-		if !check.ok {
-			return "", false
+	matched, _, _ := s.checking.Do(string(key[:]), func() (any, error) {
+		s.bcryptSlots <- struct{}{}
+		s.bcryptRuns.Add(1)
+		err := bcrypt.CompareHashAndPassword([]byte(hash), []byte(password))
+		<-s.bcryptSlots
+		ok := err == nil && known
+		s.loginsMu.Lock()
+		remember := s.failures
+		if ok {
+			remember = s.logins
 		}
-		return user, true
-	}
-	check := &passwordCheck{done: make(chan struct{})}
-	s.checking[key] = check
-	s.loginsMu.Unlock()
-
-	s.bcryptSlots <- struct{}{}
-	s.bcryptRuns.Add(1)
-	err := bcrypt.CompareHashAndPassword([]byte(hash), []byte(password))
-	<-s.bcryptSlots
-	check.ok = err == nil && known
-
-	s.loginsMu.Lock()
-	delete(s.checking, key)
-	remember := s.failures
-	if check.ok {
-		remember = s.logins
-	}
-	if len(remember) >= maxCachedLogins {
-		clear(remember)
-	}
-	remember[key] = struct{}{}
-	s.loginsMu.Unlock()
-	close(check.done)
-	if !check.ok {
+		if len(remember) >= maxCachedLogins {
+			clear(remember)
+		}
+		remember[key] = struct{}{}
+		s.loginsMu.Unlock()
+		return ok, nil
+	})
+	if !matched.(bool) {
 		return "", false
 	}
 	return user, true
