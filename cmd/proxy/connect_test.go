@@ -73,6 +73,7 @@ func TestHTTPSTargetIsScrapedThroughATunnelWithTLSFromEndToEnd(t *testing.T) {
 	target := startTLSTarget(t, ca.Pool())
 	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=tunnel")...)
 	client.WaitForOutput(clientTunnelOpen)
+	tp.waitTunnels(t, 1)
 	cert := ca.Client(t, "prometheus").TLSCertificate(t)
 	scraper := httpsScraper(t, tp.srv.URL, target, &cert)
 
@@ -107,6 +108,7 @@ func TestIdleConnectTunnelIsClosed(t *testing.T) {
 	target := startTLSTarget(t, nil)
 	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=tunnel")...)
 	client.WaitForOutput(clientTunnelOpen)
+	tp.waitTunnels(t, 1)
 	resp, err := httpsScraper(t, tp.srv.URL, target, nil).Get(target.URL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -125,6 +127,7 @@ func TestConnectRefusalsNameTheirCause(t *testing.T) {
 
 	tunnelClient := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=tunnel", "--allow-port="+targetPort)...)
 	tunnelClient.WaitForOutput(clientTunnelOpen)
+	tp.waitTunnels(t, 1)
 	pollClient := testbin.Start(t, clientBinary, clientArgs("127.0.0.2", tp.srv.URL, "--proxy.transport=poll")...)
 	pollClient.WaitForOutput(clientPolling)
 	tp.waitParked(t, 1)
@@ -151,7 +154,7 @@ func TestConnectRefusalsNameTheirCause(t *testing.T) {
 	t.Run("a target the client cannot reach", func(t *testing.T) {
 		other := testbin.Start(t, clientBinary, clientArgs("127.0.0.3", tp.srv.URL, "--proxy.transport=tunnel")...)
 		other.WaitForOutput(clientTunnelOpen)
-		waitFor(t, "the second tunnel", func() bool { return tp.hub.Stats().Tunnels == 2 })
+		tp.waitTunnels(t, 2)
 		code, reason := rawConnect(t, tp.srv.Listener.Addr().String(), "127.0.0.3:"+closedPort)
 		if code != http.StatusBadGateway || !strings.Contains(reason, "connecting to target") {
 			t.Errorf("got %d %q, want 502 with the dial error", code, reason)

@@ -24,7 +24,7 @@ func TestTunnelCarriesManyScrapesAtOnceOnOneConnection(t *testing.T) {
 	target := startTarget(t, "up 1\n")
 	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=tunnel")...)
 	client.WaitForOutput(clientTunnelOpen)
-	waitFor(t, "the tunnel to attach", func() bool { return tp.hub.Stats().Tunnels == 1 })
+	tp.waitTunnels(t, 1)
 
 	const scrapes = 20
 	var wg sync.WaitGroup
@@ -80,7 +80,7 @@ func TestTunnelClientKilledMidScrapeFailsTheScrapeAtOnceAndANewOneServes(t *test
 	blocking := startBlockingTarget(t, "slow 1\n")
 	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=tunnel")...)
 	client.WaitForOutput(clientTunnelOpen)
-	waitFor(t, "the tunnel to attach", func() bool { return tp.hub.Stats().Tunnels == 1 })
+	tp.waitTunnels(t, 1)
 	result := goScrape(context.Background(), tp.srv.URL, blocking.URL+"/metrics", "60")
 	<-blocking.arrived
 	client.Kill()
@@ -93,6 +93,7 @@ func TestTunnelClientKilledMidScrapeFailsTheScrapeAtOnceAndANewOneServes(t *test
 	target := startTarget(t, "up 1\n")
 	replacement := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=tunnel")...)
 	replacement.WaitForOutput(clientTunnelOpen)
+	tp.waitTunnels(t, 1)
 	if r := scrapeThrough(context.Background(), tp.srv.URL, target.URL+"/metrics", "10"); r.status != http.StatusOK {
 		t.Errorf("scrape through the new tunnel: %d %q %v", r.status, r.body, r.err)
 	}
@@ -117,7 +118,7 @@ func TestHostileTunnelPeerIsClosedAndOtherClientsAreServed(t *testing.T) {
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("handshake: %v %v", resp, err)
 	}
-	waitFor(t, "the tunnel to attach", func() bool { return tp.hub.Stats().Tunnels == 1 })
+	tp.waitTunnels(t, 1)
 	// Not yamux: a frame header of a protocol version that does not exist.
 	fmt.Fprint(conn, strings.Repeat("\xff", 64))
 	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
@@ -132,6 +133,7 @@ func TestHostileTunnelPeerIsClosedAndOtherClientsAreServed(t *testing.T) {
 	target := startTarget(t, "up 1\n")
 	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=auto")...)
 	client.WaitForOutput(clientTunnelOpen)
+	tp.waitTunnels(t, 1)
 	if r := scrapeThrough(context.Background(), tp.srv.URL, target.URL+"/metrics", "10"); r.status != http.StatusOK {
 		t.Errorf("scrape of another client: %d %q %v", r.status, r.body, r.err)
 	}
@@ -191,4 +193,12 @@ func (tp *testProxy) gauge(t *testing.T, name, labelValue string) float64 {
 	}
 	t.Fatalf("no series %s{...=%q}", name, labelValue)
 	return 0
+}
+
+// waitTunnels waits until n tunnels are attached: a client logs its tunnel
+// open as soon as it has the proxy's 101, a moment before the proxy
+// attaches it.
+func (tp *testProxy) waitTunnels(t *testing.T, n int) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d tunnels attached", n), func() bool { return tp.hub.Stats().Tunnels == n })
 }
