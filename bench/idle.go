@@ -17,14 +17,16 @@ import (
 	"time"
 )
 
-// fleet is a crowd of simulated clients run in-process: each holds one
-// keep-alive connection to the proxy, parks a poll on it, and when handed a
-// scrape, pushes a fixed answer on the same connection and polls again.
-// They speak the protocol the way pushprox-client does, without the cost of
-// one process each.
+// fleet is a crowd of simulated clients run in-process. Polling ones each
+// hold one keep-alive connection to the proxy, park a poll on it, and when
+// handed a scrape, push a fixed answer on the same connection and poll
+// again. Tunnel ones each open a tunnel and answer every stream the proxy
+// opens on it (tunnel.go). They speak the protocol the way pushprox-client
+// does, without the cost of one process each.
 type fleet struct {
 	proxyAddr string
-	body      []byte // the body of every pushed answer
+	body      []byte // the body of every answer
+	tunnel    bool   // tunnels instead of polls
 
 	wg       sync.WaitGroup
 	served   atomic.Int64
@@ -61,19 +63,34 @@ func (f *fleet) err() error {
 	return fmt.Errorf("%d simulated clients failed, first: %w", f.failures.Load(), f.firstErr)
 }
 
+// run runs one simulated client until ctx ends or it fails.
 func (f *fleet) run(ctx context.Context, fqdn string, dialing chan struct{}) error {
-	select {
-	case dialing <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	dialer := net.Dialer{Timeout: 10 * time.Second}
-	conn, err := dialer.DialContext(ctx, "tcp", f.proxyAddr)
-	<-dialing
+	conn, err := f.dial(ctx, dialing)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	if f.tunnel {
+		return f.runTunnel(ctx, conn, fqdn)
+	}
+	return f.runPoll(ctx, conn, fqdn)
+}
+
+// dial connects to the proxy, one of at most cap(dialing) at once.
+func (f *fleet) dial(ctx context.Context, dialing chan struct{}) (net.Conn, error) {
+	select {
+	case dialing <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-dialing }()
+	dialer := net.Dialer{Timeout: 10 * time.Second}
+	return dialer.DialContext(ctx, "tcp", f.proxyAddr)
+}
+
+// runPoll parks polls on conn and pushes an answer to every scrape they
+// bring.
+func (f *fleet) runPoll(ctx context.Context, conn net.Conn, fqdn string) error {
 	// Closing the connection ends a read blocked on a parked poll.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()

@@ -28,17 +28,41 @@ func payload(size int) []byte {
 	return buf[:size]
 }
 
-// targetHandler serves size bytes of metrics at any path. Large bodies are
-// streamed from one repeated chunk, so that the target stays small. Without
-// a Content-Length, a body larger than net/http's buffer goes out chunked,
-// as the answers of most exporters do.
+const (
+	// sizeParam is the query parameter of a scrape URL that asks the
+	// target for a body of another size than its default, so that one
+	// target, and one set of clients allowed to scrape its port, serves
+	// every size of a run.
+	sizeParam = "size"
+	// maxServedSize bounds what a scrape may ask for.
+	maxServedSize = 1 << 30
+)
+
+// sizedURL returns the scrape URL of host for a body of size bytes.
+func sizedURL(host string, size int) string {
+	return "http://" + host + "/metrics?" + sizeParam + "=" + strconv.Itoa(size)
+}
+
+// targetHandler serves size bytes of metrics at any path, or the size the
+// scrape asks for. Large bodies are streamed from one repeated chunk, so
+// that the target stays small. Without a Content-Length, a body larger
+// than net/http's buffer goes out chunked, as the answers of most
+// exporters do.
 func targetHandler(size int64, chunked bool) http.Handler {
-	chunk := payload(int(min(size, 64<<10)))
-	length := strconv.FormatInt(size, 10)
+	chunk := payload(64 << 10)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		size := size
+		if asked := r.URL.Query().Get(sizeParam); asked != "" {
+			n, err := strconv.ParseInt(asked, 10, 64)
+			if err != nil || n < 0 || n > maxServedSize {
+				http.Error(w, "bad size", http.StatusBadRequest)
+				return
+			}
+			size = n
+		}
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		if !chunked {
-			w.Header().Set("Content-Length", length)
+			w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
 		}
 		w.WriteHeader(http.StatusOK)
 		for left := size; left > 0; {
