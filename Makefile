@@ -76,7 +76,7 @@ chart-test: helm
 ## check: everything CI runs
 check: lint test chart-test e2e mixin-test
 
-## bench: the real binaries against a direct scrape on loopback, one table (docs/performance.md)
+## bench: the real binaries on loopback, direct against polls and tunnels, one table (docs/performance.md)
 bench: build
 	$(GO) run ./bench --proxy=./pushprox-proxy --client=./pushprox-client $(BENCH_FLAGS)
 

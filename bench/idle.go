@@ -70,6 +70,10 @@ func (f *fleet) run(ctx context.Context, fqdn string, dialing chan struct{}) err
 		return err
 	}
 	defer conn.Close()
+	// Closing the connection ends a read blocked on a parked poll, a
+	// tunnel handshake, or a tunnel waiting for its next stream.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
 	if f.tunnel {
 		return f.runTunnel(ctx, conn, fqdn)
 	}
@@ -91,10 +95,6 @@ func (f *fleet) dial(ctx context.Context, dialing chan struct{}) (net.Conn, erro
 // runPoll parks polls on conn and pushes an answer to every scrape they
 // bring.
 func (f *fleet) runPoll(ctx context.Context, conn net.Conn, fqdn string) error {
-	// Closing the connection ends a read blocked on a parked poll.
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-
 	br := bufio.NewReaderSize(conn, 4096)
 	pollRequest := fmt.Appendf(nil, "POST /poll HTTP/1.1\r\nHost: %s\r\nUser-Agent: pushprox-bench\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s",
 		f.proxyAddr, len(fqdn), fqdn)

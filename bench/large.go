@@ -118,6 +118,8 @@ func largeScenario(ctx context.Context, o options, t *table) error {
 		poll: vsDirect(msPer(cp.total()), cp.total(), cd.total()), tunnel: vsDirect(msPer(ct.total()), ct.total(), cd.total()), vs: ratio(ct.total(), cp.total())})
 	t.add(row{scenario: label, metric: "CPU per scrape, proxy + client",
 		poll: msPer(cp.proxy + cp.clients), tunnel: msPer(ct.proxy + ct.clients), vs: ratio(ct.proxy+ct.clients, cp.proxy+cp.clients)})
+	t.add(row{scenario: label, metric: "  of which proxy", poll: msPer(cp.proxy), tunnel: msPer(ct.proxy), vs: ratio(ct.proxy, cp.proxy)})
+	t.add(row{scenario: label, metric: "  of which client", poll: msPer(cp.clients), tunnel: msPer(ct.clients), vs: ratio(ct.clients, cp.clients)})
 	// Per-stream flow control should keep both ends far below the
 	// payload's size; 40 MiB is the bound docs/performance.md set for a
 	// 50 MiB payload.

@@ -80,8 +80,8 @@ func main() {
 	flag.StringVar(&smallSizes, "small.sizes", smallSizes, "small: payload sizes in bytes, comma separated")
 	flag.IntVar(&o.smallClients, "small.clients", 8, "small: client processes per transport")
 	flag.IntVar(&o.smallConcurrency, "small.concurrency", 8, "small: concurrent scrapers")
-	flag.IntVar(&o.smallScrapes, "small.scrapes", 3000, "small: scrapes measured per size, each way")
-	flag.IntVar(&o.smallSequential, "small.sequential", 600, "small: scrapes measured per size with one scraper, each way")
+	flag.IntVar(&o.smallScrapes, "small.scrapes", 6000, "small: scrapes measured per size, each way")
+	flag.IntVar(&o.smallSequential, "small.sequential", 900, "small: scrapes measured per size with one scraper, each way")
 	flag.Int64Var(&o.largeSize, "large.size", 20<<20, "large: payload size in bytes")
 	flag.IntVar(&o.largeScrapes, "large.scrapes", 5, "large: scrapes measured, each way")
 	flag.IntVar(&o.idleClients, "idle.clients", 10000, "idle: simulated idle clients, per transport")
@@ -105,6 +105,10 @@ func main() {
 		os.Exit(2)
 	}
 	o.smallSizes = sizes
+	if err := o.validate(); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(2)
+	}
 
 	// Children die with the tool: on a signal, stop them and leave; on a
 	// panic or a normal return, the deferred stopAll does it, and
@@ -136,6 +140,21 @@ func parseSizes(list string) ([]int, error) {
 		sizes = append(sizes, n)
 	}
 	return sizes, nil
+}
+
+// validate refuses counts that would leave a way without scrapes.
+func (o options) validate() error {
+	switch {
+	case o.smallClients < 1 || o.smallConcurrency < 1 || o.idleClients < 1 || o.idleConcurrency < 1:
+		return errors.New("client and scraper counts must be at least 1")
+	case o.smallScrapes < smallRounds || o.smallSequential < smallRounds:
+		return fmt.Errorf("--small.scrapes and --small.sequential must be at least %d, one per round", smallRounds)
+	case o.largeScrapes < 1 || o.idleScrapes < 1:
+		return errors.New("--large.scrapes and --idle.scrapes must be at least 1")
+	case o.largeSize < 1 || o.largeSize > maxServedSize || o.idlePayload < 1:
+		return fmt.Errorf("payload sizes must be from 1 to %d bytes", maxServedSize)
+	}
+	return nil
 }
 
 func run(o options) int {

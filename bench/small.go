@@ -16,6 +16,11 @@ type smallWay struct {
 	cpu    cpuMeter
 }
 
+// smallRounds is how many rounds each measurement of the small scenario
+// takes: two full rotations of the three ways, so that a slow moment of a
+// shared machine falls on more than one round.
+const smallRounds = 2 * wayCount
+
 // smallResult is what one way measured at one size.
 type smallResult struct {
 	load loadResult
@@ -100,18 +105,19 @@ func smallScenario(ctx context.Context, o options, t *table) error {
 		wayTunnel: {"tunnel", viaProxy, throughClients("t"), cpuMeter{target: tgt.pid(), proxy: proxy.pid(), clients: pids[wayTunnel]}},
 	}
 
-	// measure runs wayCount rounds of count/wayCount scrapes each way. The
-	// order rotates every round, so that each way runs first, second and
-	// last once and none gains from a warm cache or a quiet machine.
+	// measure runs smallRounds rounds of count/smallRounds scrapes each
+	// way. The order rotates every round, so that each way runs first,
+	// second and last equally often and none gains from a warm cache or a
+	// quiet moment of the machine.
 	measure := func(size, count, concurrency int) ([wayCount]smallResult, error) {
 		var res [wayCount]smallResult
-		for round := range wayCount {
-			logf("small: %s, %d scrapers, round %d of %d: %d scrapes each way", sizeString(int64(size)), concurrency, round+1, wayCount, count/wayCount)
+		for round := range smallRounds {
+			logf("small: %s, %d scrapers, round %d of %d: %d scrapes each way", sizeString(int64(size)), concurrency, round+1, smallRounds, count/smallRounds)
 			for k := range wayCount {
 				w := (k + round) % wayCount
 				way := ways[w]
 				before := way.cpu.read()
-				r := runLoad(ctx, way.client, count/wayCount, concurrency, func(i int) string { return way.url(i, size) }, timeout, int64(size))
+				r := runLoad(ctx, way.client, count/smallRounds, concurrency, func(i int) string { return way.url(i, size) }, timeout, int64(size))
 				res[w].cpu.add(way.cpu.read().sub(before))
 				res[w].load.latencies = append(res[w].load.latencies, r.latencies...)
 				res[w].load.elapsed += r.elapsed
@@ -160,7 +166,7 @@ func smallScenario(ctx context.Context, o options, t *table) error {
 		addLoadRows(t, label, single, false)
 	}
 	if hwm, err := procStatus(proxy.pid(), "VmHWM"); err == nil {
-		t.add(row{scenario: "1. all sizes, one proxy for both transports", metric: "proxy peak RSS (VmHWM)", poll: sizeString(hwm), tunnel: "(same process)"})
+		t.add(row{scenario: "1. all sizes, one proxy for both transports", metric: "proxy peak RSS (VmHWM)", poll: sizeString(hwm), tunnel: "same proxy"})
 	}
 	return nil
 }

@@ -32,7 +32,8 @@ const (
 
 // runTunnel opens a tunnel on conn with the project's own handshake and
 // yamux settings, and answers every stream the proxy opens on it with the
-// project's wire encoders, until ctx ends or the tunnel breaks.
+// project's wire encoders, until ctx ends (the caller then closes conn) or
+// the tunnel breaks.
 func (f *fleet) runTunnel(ctx context.Context, conn net.Conn, fqdn string) error {
 	req, accept, err := util.NewTunnelRequest("http://"+f.proxyAddr+"/"+util.TunnelPath, fqdn, "", simMaxConcurrency)
 	if err != nil {
@@ -59,9 +60,6 @@ func (f *fleet) runTunnel(ctx context.Context, conn net.Conn, fqdn string) error
 		return err
 	}
 	defer session.Close()
-	// Closing the session ends AcceptStream.
-	stop := context.AfterFunc(ctx, func() { session.Close() })
-	defer stop()
 	for {
 		stream, err := session.AcceptStream()
 		if err != nil {
