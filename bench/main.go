@@ -53,6 +53,14 @@ type options struct {
 	idlePayload     int
 }
 
+// The ways of scraping, as indexes of every per-way result.
+const (
+	wayDirect = iota
+	wayPoll
+	wayTunnel
+	wayCount
+)
+
 // scenario is one named part of a run.
 type scenario struct {
 	name   string

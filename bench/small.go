@@ -35,14 +35,6 @@ func (r smallResult) perScrape(part float64) float64 {
 	return part / float64(len(r.load.latencies))
 }
 
-// The indexes of the ways in every result of the small scenario.
-const (
-	wayDirect = iota
-	wayPoll
-	wayTunnel
-	wayCount
-)
-
 // smallScenario: small payloads of each size, scraped directly, through
 // the proxy to clients that poll, and through the proxy to clients on
 // tunnels, in interleaved rounds.
@@ -51,9 +43,10 @@ const (
 // that the rounds can interleave finely: drift (other work on a shared
 // machine, the proxy's heap growing) then hits the three ways alike. The
 // set not being scraped sits idle: a poll re-sent every 30 s, a tunnel ping
-// every 15 s, a few microseconds a second in all against the hundreds of
-// milliseconds a round takes, and its clients' CPU is not counted, since
-// each way's meter reads only its own clients.
+// every 15 s, well under a millisecond of CPU a second for the whole set
+// against the near two CPU-seconds a second a round uses. Its clients' CPU
+// is not counted, since each way's meter reads only its own clients; the
+// proxy's upkeep of it is, and is lost in the noise.
 func smallScenario(ctx context.Context, o options, t *table) error {
 	// The scenario's share of the run: every size runs its warm-up and two
 	// measurements well within it on two cores.
