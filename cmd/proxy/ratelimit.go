@@ -16,7 +16,7 @@ import (
 )
 
 // maxSourceBuckets bounds the sources whose buckets are kept at once. A
-// bucket takes about 200 bytes, so the table stays under 4 MiB. A source
+// bucket takes about 250 bytes, so the table stays within 4 MiB. A source
 // dropped from a full table starts again with a full burst: only a flood
 // from more sources than this at once gains from it, and the registry's
 // own bounds still hold then.
