@@ -10,6 +10,8 @@
 //  2. large payload, sequential scrapes: time per scrape and peak memory;
 //  3. many idle clients (simulated in-process) parked on the proxy: memory
 //     and goroutines per client, then scrapes spread over them.
+//
+// flood: a registration flood while a real client is scraped (flood.go).
 package main
 
 import (
@@ -48,13 +50,15 @@ type options struct {
 	idleScrapes     int
 	idleConcurrency int
 	idlePayload     int
+
+	flood floodOptions
 }
 
 func main() {
 	var o options
 	flag.StringVar(&o.proxyPath, "proxy", "./pushprox-proxy", "path of the pushprox-proxy binary")
 	flag.StringVar(&o.clientPath, "client", "./pushprox-client", "path of the pushprox-client binary")
-	flag.StringVar(&o.scenarios, "scenarios", "1,2,3", "scenarios to run, comma separated")
+	flag.StringVar(&o.scenarios, "scenarios", "1,2,3,flood", "scenarios to run, comma separated")
 	flag.StringVar(&o.transport, "client.transport", "auto", "the clients' --proxy.transport: auto, tunnel or poll")
 	flag.DurationVar(&o.timeout, "timeout", 8*time.Minute, "the longest the whole run may take")
 	flag.IntVar(&o.smallSize, "small.size", 2048, "scenario 1: payload size in bytes")
@@ -68,6 +72,7 @@ func main() {
 	flag.IntVar(&o.idleScrapes, "idle.scrapes", 2000, "scenario 3: scrapes spread over the idle clients")
 	flag.IntVar(&o.idleConcurrency, "idle.concurrency", 8, "scenario 3: concurrent scrapers")
 	flag.IntVar(&o.idlePayload, "idle.size", 2048, "scenario 3: payload size in bytes")
+	floodFlags(&o.flood)
 	serveTargetSize := flag.Int64("serve-target", 0, "internal: run as the target process, serving this many bytes")
 	flag.BoolVar(&o.target.inProcess, "target.in-process", false, "serve the target inside the tool instead of in a process of its own")
 	flag.BoolVar(&o.target.chunked, "target.chunked", false, "the target answers without a Content-Length (chunked), as most exporters do")
@@ -115,6 +120,8 @@ func run(o options) int {
 		"1": smallScenario,
 		"2": largeScenario,
 		"3": idleScenario,
+
+		"flood": floodScenario,
 	}
 	for _, name := range strings.Split(o.scenarios, ",") {
 		name = strings.TrimSpace(name)
