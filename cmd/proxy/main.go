@@ -101,6 +101,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		Default("5m").DurationVar(&cfg.registrationTimeout)
 	app.Flag("registration.max-clients", "Most clients (FQDN and label set) known at once; polls registering more get 429.").
 		Default("100000").IntVar(&cfg.maxClients)
+	// The defaults let a site of a thousand clients behind one address
+	// register at once and a fleet of 10 000 within 90 s, while one
+	// source cannot churn the registry faster than 100 clients a second.
 	app.Flag("registration.rate-per-source", "New clients a second one source address (an IPv6 /64) may register while the proxy has no authentication; beyond its burst, polls and tunnels for new FQDNs get 429. Clients already registered are never limited. 0 turns the limit off.").
 		Default("100").Float64Var(&cfg.registrationRate)
 	app.Flag("registration.burst-per-source", "New clients one source address may register at once before --registration.rate-per-source applies. 0 turns the limit off.").
