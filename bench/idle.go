@@ -27,6 +27,7 @@ type fleet struct {
 	body      []byte // the body of every pushed answer
 
 	wg       sync.WaitGroup
+	started  atomic.Int64 // simulated clients started, numbering them
 	served   atomic.Int64
 	failures atomic.Int64
 	mu       sync.Mutex
@@ -37,10 +38,11 @@ type fleet struct {
 // dialing bounds the connections being opened at once, so that the proxy's
 // accept queue does not overflow.
 func (f *fleet) start(ctx context.Context, fqdn string, dialing chan struct{}) {
+	source := fleetSource(int(f.started.Add(1) - 1))
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
-		if err := f.run(ctx, fqdn, dialing); err != nil && ctx.Err() == nil {
+		if err := f.run(ctx, fqdn, source, dialing); err != nil && ctx.Err() == nil {
 			f.failures.Add(1)
 			f.mu.Lock()
 			if f.firstErr == nil {
@@ -61,13 +63,25 @@ func (f *fleet) err() error {
 	return fmt.Errorf("%d simulated clients failed, first: %w", f.failures.Load(), f.firstErr)
 }
 
-func (f *fleet) run(ctx context.Context, fqdn string, dialing chan struct{}) error {
+// clientsPerSource is how many simulated clients share a loopback source
+// address: half the proxy's default --registration.burst-per-source, so
+// that the fleet registers at once as one of many hosts would.
+const clientsPerSource = 500
+
+// fleetSource is the loopback address the i-th simulated client connects
+// from: 127.1.0.1 for the first clientsPerSource, and so on.
+func fleetSource(i int) net.IP {
+	k := i / clientsPerSource
+	return net.IPv4(127, 1, byte(k/250), byte(k%250+1))
+}
+
+func (f *fleet) run(ctx context.Context, fqdn string, source net.IP, dialing chan struct{}) error {
 	select {
 	case dialing <- struct{}{}:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	dialer := net.Dialer{Timeout: 10 * time.Second}
+	dialer := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: source}}
 	conn, err := dialer.DialContext(ctx, "tcp", f.proxyAddr)
 	<-dialing
 	if err != nil {
