@@ -114,13 +114,6 @@ func (l *sourceLimiter) dropLocked(e *list.Element) {
 	l.lru.Remove(e)
 }
 
-// sources returns how many buckets are kept, for tests.
-func (l *sourceLimiter) sources() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.buckets)
-}
-
 // sourceOf is the source a registration is counted against: the TCP peer
 // of remoteAddr, an IPv4 address or the /64 of an IPv6 one, as a single
 // IPv6 host usually holds a whole /64 and could otherwise rotate through

@@ -23,6 +23,13 @@ var (
 	sourceB = netip.MustParsePrefix("192.0.2.2/32")
 )
 
+// buckets returns how many sources have a bucket kept.
+func buckets(l *sourceLimiter) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.buckets)
+}
+
 func TestASourceRegistersItsBurstAtOnceThenOneClientPerInterval(t *testing.T) {
 	clock := testclock.New(time.Unix(1e9, 0))
 	l := newSourceLimiter(2, 3, clock.Now)
@@ -67,12 +74,12 @@ func TestABucketUnusedUntilFullIsForgotten(t *testing.T) {
 	l.allow(sourceA)
 	clock.Advance(400 * time.Millisecond)
 	l.allow(sourceB)
-	if n := l.sources(); n != 2 {
+	if n := buckets(l); n != 2 {
 		t.Fatalf("%d buckets, want 2", n)
 	}
 	clock.Advance(100 * time.Millisecond)
 	l.allow(sourceB)
-	if n := l.sources(); n != 1 {
+	if n := buckets(l); n != 1 {
 		t.Errorf("%d buckets after A's refilled, want 1 (B's)", n)
 	}
 }
@@ -88,7 +95,7 @@ func TestTheTableOfSourcesIsBoundedAndDropsTheLeastRecentlyUsed(t *testing.T) {
 		addr[2], addr[3] = byte(i>>8), byte(i)
 		l.allow(netip.PrefixFrom(netip.AddrFrom4(addr), 32))
 	}
-	if n := l.sources(); n != maxSourceBuckets {
+	if n := buckets(l); n != maxSourceBuckets {
 		t.Fatalf("%d buckets, want the bound %d", n, maxSourceBuckets)
 	}
 	// The first source's bucket was dropped, so it starts again full.
