@@ -248,3 +248,29 @@ func TestAProxyWithAuthenticationDoesNotRateLimitRegistrations(t *testing.T) {
 		t.Errorf("registrations refused as rate_limited = %v, want 0", got)
 	}
 }
+
+func TestARegistrationRefusedByAFullRegistryIsCountedWithItsReason(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.maxClients = 1
+	tp := startProxy(t, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	parked := make(chan struct{})
+	go func() {
+		defer close(parked)
+		if resp, err := tp.poll(ctx, "node1", nil); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-parked })
+	tp.waitParked(t, 1) // a live carrier: not evicted to make room
+
+	if code, _, text := pollNow(t, http.DefaultClient, tp.srv.URL, "node2", nil); code != http.StatusTooManyRequests {
+		t.Fatalf("a second client in a registry of one: %d %s", code, text)
+	}
+	if got := testutil.ToFloat64(tp.metrics.registrationsRefused.WithLabelValues(refusedTooManyClients)); got != 1 {
+		t.Errorf("registrations refused as too_many_clients = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(tp.metrics.registrationsRefused.WithLabelValues(refusedRateLimited)); got != 0 {
+		t.Errorf("registrations refused as rate_limited = %v, want 0", got)
+	}
+}
