@@ -29,6 +29,7 @@ type fleet struct {
 	tunnel    bool   // tunnels instead of polls
 
 	wg       sync.WaitGroup
+	started  atomic.Int64 // simulated clients started, numbering them
 	served   atomic.Int64
 	failures atomic.Int64
 	mu       sync.Mutex
@@ -39,10 +40,11 @@ type fleet struct {
 // dialing bounds the connections being opened at once, so that the proxy's
 // accept queue does not overflow.
 func (f *fleet) start(ctx context.Context, fqdn string, dialing chan struct{}) {
+	source := fleetSource(int(f.started.Add(1) - 1))
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
-		if err := f.run(ctx, fqdn, dialing); err != nil && ctx.Err() == nil {
+		if err := f.run(ctx, fqdn, source, dialing); err != nil && ctx.Err() == nil {
 			f.failures.Add(1)
 			f.mu.Lock()
 			if f.firstErr == nil {
@@ -63,9 +65,22 @@ func (f *fleet) err() error {
 	return fmt.Errorf("%d simulated clients failed, first: %w", f.failures.Load(), f.firstErr)
 }
 
-// run runs one simulated client until ctx ends or it fails.
-func (f *fleet) run(ctx context.Context, fqdn string, dialing chan struct{}) error {
-	conn, err := f.dial(ctx, dialing)
+// clientsPerSource is how many simulated clients share a loopback source
+// address: half the proxy's default --registration.burst-per-source, so
+// that the fleet registers at once as one of many hosts would.
+const clientsPerSource = 500
+
+// fleetSource is the loopback address the i-th simulated client connects
+// from: 127.1.0.1 for the first clientsPerSource, and so on.
+func fleetSource(i int) net.IP {
+	k := i / clientsPerSource
+	return net.IPv4(127, 1, byte(k/250), byte(k%250+1))
+}
+
+// run runs one simulated client, connecting from source, until ctx ends or
+// it fails.
+func (f *fleet) run(ctx context.Context, fqdn string, source net.IP, dialing chan struct{}) error {
+	conn, err := f.dial(ctx, source, dialing)
 	if err != nil {
 		return err
 	}
@@ -80,15 +95,16 @@ func (f *fleet) run(ctx context.Context, fqdn string, dialing chan struct{}) err
 	return f.runPoll(ctx, conn, fqdn)
 }
 
-// dial connects to the proxy, one of at most cap(dialing) at once.
-func (f *fleet) dial(ctx context.Context, dialing chan struct{}) (net.Conn, error) {
+// dial connects to the proxy from source, one of at most cap(dialing) at
+// once.
+func (f *fleet) dial(ctx context.Context, source net.IP, dialing chan struct{}) (net.Conn, error) {
 	select {
 	case dialing <- struct{}{}:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
 	defer func() { <-dialing }()
-	dialer := net.Dialer{Timeout: 10 * time.Second}
+	dialer := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: source}}
 	return dialer.DialContext(ctx, "tcp", f.proxyAddr)
 }
 

@@ -14,7 +14,9 @@
 //     scrape, CPU and peak memory;
 //  3. idle: many idle clients simulated in-process, first polling, then on
 //     tunnels, each fleet on a proxy of its own: memory and goroutines per
-//     connected client, then scrapes spread over them.
+//     connected client, then scrapes spread over them;
+//  4. flood: a registration flood while a real client is scraped
+//     (flood.go): the proxy's peak memory, /clients and the real client.
 package main
 
 import (
@@ -51,6 +53,8 @@ type options struct {
 	idleScrapes     int
 	idleConcurrency int
 	idlePayload     int
+
+	flood floodOptions
 }
 
 // The ways of scraping, as indexes of every per-way result.
@@ -75,6 +79,7 @@ func allScenarios() []scenario {
 		{"small", "1", smallScenario},
 		{"large", "2", largeScenario},
 		{"idle", "3", idleScenario},
+		{"flood", "4", floodScenario},
 	}
 }
 
@@ -83,7 +88,7 @@ func main() {
 	smallSizes := "2048,65536"
 	flag.StringVar(&o.proxyPath, "proxy", "./pushprox-proxy", "path of the pushprox-proxy binary")
 	flag.StringVar(&o.clientPath, "client", "./pushprox-client", "path of the pushprox-client binary")
-	flag.StringVar(&o.scenarios, "scenarios", "small,large,idle", "scenarios to run, comma separated, by name or number (1 small, 2 large, 3 idle)")
+	flag.StringVar(&o.scenarios, "scenarios", "small,large,idle,flood", "scenarios to run, comma separated, by name or number (1 small, 2 large, 3 idle, 4 flood)")
 	flag.DurationVar(&o.timeout, "timeout", 8*time.Minute, "the longest the whole run may take")
 	flag.StringVar(&smallSizes, "small.sizes", smallSizes, "small: payload sizes in bytes, comma separated")
 	flag.IntVar(&o.smallClients, "small.clients", 8, "small: client processes per transport")
@@ -96,6 +101,7 @@ func main() {
 	flag.IntVar(&o.idleScrapes, "idle.scrapes", 2000, "idle: scrapes spread over the idle clients, per transport")
 	flag.IntVar(&o.idleConcurrency, "idle.concurrency", 8, "idle: concurrent scrapers")
 	flag.IntVar(&o.idlePayload, "idle.size", 2048, "idle: payload size in bytes")
+	floodFlags(&o.flood)
 	serveTargetSize := flag.Int64("serve-target", 0, "internal: run as the target process, serving this many bytes unless a scrape asks for another size")
 	flag.BoolVar(&o.target.inProcess, "target.in-process", false, "serve the target inside the tool instead of in a process of its own")
 	flag.BoolVar(&o.target.chunked, "target.chunked", false, "the target answers without a Content-Length (chunked), as most exporters do")

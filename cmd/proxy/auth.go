@@ -142,6 +142,21 @@ func (s *security) serve(srv *http.Server, ln net.Listener) error {
 // proxy checked.
 type authUserKey struct{}
 
+// certRequiredKey is the request context key set when the web config
+// requires every client to present a certificate.
+type certRequiredKey struct{}
+
+// authenticated says whether the proxy knows who sent r: a checked
+// password, a verified client certificate, or one the web config requires.
+// Registrations of unauthenticated requests are rate limited per source.
+func authenticated(r *http.Request) bool {
+	if _, ok := r.Context().Value(authUserKey{}).(string); ok {
+		return true
+	}
+	required, _ := r.Context().Value(certRequiredKey{}).(bool)
+	return required || verifiedLeaf(r) != nil
+}
+
 // handler checks each request's credentials against basic_auth_users
 // before next sees it. Prometheus authenticates as to any HTTP proxy, with
 // Proxy-Authorization, and its Authorization header stays the target's;
@@ -169,6 +184,9 @@ func (s *security) handler(next http.Handler) http.Handler {
 		}
 		users := state.config.Users
 		if len(users) == 0 || isHealthProbe(r) {
+			if requires, _ := clientCertChecks(state.config.TLSConfig.ClientAuth); requires {
+				r = r.WithContext(context.WithValue(r.Context(), certRequiredKey{}, true))
+			}
 			next.ServeHTTP(w, r)
 			return
 		}

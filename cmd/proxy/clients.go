@@ -43,6 +43,9 @@ func (p *proxy) handlePoll(w http.ResponseWriter, r *http.Request) {
 		httpError(w, clientErrorStatus(err), "%v", err)
 		return
 	}
+	if !p.admit(w, r, client) {
+		return
+	}
 	wait := rendezvous.WaitForever
 	if preferred, bounded := util.ParsePreferWait(r.Header); bounded {
 		wait = min(preferred, maxPollWait)
@@ -61,6 +64,7 @@ func (p *proxy) handlePoll(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusRequestTimeout, "poll given up: %v", err)
 		return
 	case err != nil:
+		p.metrics.countRegistrationRefused(err)
 		code, _ := hubError(err)
 		httpError(w, code, "poll refused: %v", err)
 		return

@@ -50,6 +50,17 @@ func hubError(err error) (code int, outcome string) {
 	return http.StatusInternalServerError, outcomeRefused
 }
 
+// countRegistrationRefused counts a registration the hub refused, if err
+// says it did.
+func (m *metrics) countRegistrationRefused(err error) {
+	switch {
+	case errors.Is(err, rendezvous.ErrTooManyClients):
+		m.registrationsRefused.WithLabelValues(refusedTooManyClients).Inc()
+	case errors.Is(err, rendezvous.ErrTooManyLabelSets):
+		m.registrationsRefused.WithLabelValues(refusedTooManyLabelSets).Inc()
+	}
+}
+
 // httpError answers with a one-line plain text reason and returns the code.
 func httpError(w http.ResponseWriter, code int, format string, args ...any) int {
 	http.Error(w, fmt.Sprintf(format, args...), code)

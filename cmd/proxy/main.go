@@ -34,6 +34,8 @@ type config struct {
 	defaultTimeout      time.Duration
 	registrationTimeout time.Duration
 	maxClients          int
+	registrationRate    float64
+	registrationBurst   int
 	maxPushBytes        int64
 	shutdownTimeout     time.Duration
 	logLevel            string
@@ -67,6 +69,8 @@ func (c config) validate() error {
 		return errors.New("--registration.timeout must be positive")
 	case c.maxClients <= 0:
 		return errors.New("--registration.max-clients must be positive")
+	case c.registrationRate < 0 || c.registrationBurst < 0:
+		return errors.New("--registration.rate-per-source and --registration.burst-per-source must not be negative")
 	case c.maxPushBytes <= 0:
 		return errors.New("--push.max-body-size must be positive")
 	case c.connectMaxPerClient <= 0 || c.connectMaxTotal <= 0:
@@ -97,6 +101,13 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		Default("5m").DurationVar(&cfg.registrationTimeout)
 	app.Flag("registration.max-clients", "Most clients (FQDN and label set) known at once; polls registering more get 429.").
 		Default("100000").IntVar(&cfg.maxClients)
+	// The defaults let a site of a thousand clients behind one address
+	// register at once and a fleet of 10 000 within 90 s, while one
+	// source cannot churn the registry faster than 100 clients a second.
+	app.Flag("registration.rate-per-source", "New clients a second one source address (an IPv6 /64) may register while the proxy has no authentication; beyond its burst, polls and tunnels for new FQDNs get 429. Clients already registered are never limited. 0 turns the limit off.").
+		Default("100").Float64Var(&cfg.registrationRate)
+	app.Flag("registration.burst-per-source", "New clients one source address may register at once before --registration.rate-per-source applies. 0 turns the limit off.").
+		Default("1000").IntVar(&cfg.registrationBurst)
 	maxPushBytes := app.Flag("push.max-body-size", "Largest scrape answer a client may push (e.g. 512MiB).").
 		Default("1GiB").Bytes()
 	app.Flag("web.shutdown-timeout", "How long a stopping proxy waits for scrapes in flight.").

@@ -19,7 +19,17 @@ type metrics struct {
 	scrapeWait     prometheus.Observer
 	scrapeClient   prometheus.Observer
 	proxiedBytes   prometheus.Counter
+	// registrationsRefused counts polls and tunnels refused a new
+	// registration, by reason.
+	registrationsRefused *prometheus.CounterVec
 }
+
+// Reasons of pushprox_proxy_registrations_refused_total.
+const (
+	refusedRateLimited      = "rate_limited"        // --registration.rate-per-source
+	refusedTooManyClients   = "too_many_clients"    // --registration.max-clients
+	refusedTooManyLabelSets = "too_many_label_sets" // rendezvous.MaxLabelSetsPerFQDN
+)
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	factory := promauto.With(reg)
@@ -44,9 +54,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, reason := range []string{"malformed", "unknown_id", "expired", "forbidden", "too_large", "undelivered"} {
 		rejected.WithLabelValues(reason)
 	}
+	refusedRegistrations := factory.NewCounterVec(prometheus.CounterOpts{
+		Name: "pushprox_proxy_registrations_refused_total",
+		Help: "Polls and tunnels refused a new client registration, by reason: rate_limited (--registration.rate-per-source), too_many_clients (--registration.max-clients), too_many_label_sets.",
+	}, []string{"reason"})
+	for _, reason := range []string{refusedRateLimited, refusedTooManyClients, refusedTooManyLabelSets} {
+		refusedRegistrations.WithLabelValues(reason)
+	}
 	return &metrics{
-		scrapeWait:   phases.WithLabelValues("wait_for_poll"),
-		scrapeClient: phases.WithLabelValues("client"),
+		registrationsRefused: refusedRegistrations,
+		scrapeWait:           phases.WithLabelValues("wait_for_poll"),
+		scrapeClient:         phases.WithLabelValues("client"),
 		proxiedBytes: factory.NewCounter(prometheus.CounterOpts{
 			Name: "pushprox_proxy_proxied_bytes_total",
 			Help: "Bytes of scrape answers relayed to Prometheus.",

@@ -64,8 +64,9 @@ func secWebConfig(t *testing.T, passwords map[string]string) string {
 }
 
 // startSecProxy serves a proxy whose web config file holds webConfig, with
-// server.crt, server.key and ca.crt beside it.
-func startSecProxy(t *testing.T, bindFQDNToCert bool, webConfig string) *secProxy {
+// server.crt, server.key and ca.crt beside it; options change the rest of
+// its configuration.
+func startSecProxy(t *testing.T, bindFQDNToCert bool, webConfig string, options ...func(*config)) *secProxy {
 	t.Helper()
 	dir := t.TempDir()
 	ca := testpki.NewCA(t, "pushprox test CA")
@@ -76,6 +77,9 @@ func startSecProxy(t *testing.T, bindFQDNToCert bool, webConfig string) *secProx
 	cfg := defaultConfig()
 	cfg.webConfigFile = path
 	cfg.bindFQDNToCert = bindFQDNToCert
+	for _, option := range options {
+		option(&cfg)
+	}
 	if err := cfg.validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -28,6 +28,9 @@ type proxy struct {
 	// against --connect.max-total.
 	connects     *connectMetrics
 	connectsOpen atomic.Int64
+	// limiter bounds new registrations per source while the proxy has no
+	// authentication; nil when --registration.rate-per-source is 0.
+	limiter *sourceLimiter
 	// buffers recycles relay copy buffers, so that many scrapes at once
 	// do not each allocate one.
 	buffers sync.Pool
@@ -46,6 +49,7 @@ func newProxy(cfg config, logger log.Logger, reg prometheus.Registerer, gatherer
 		mux:      http.NewServeMux(),
 		tunnels:  tunnels{open: map[*yamux.Session]struct{}{}},
 		connects: newConnectMetrics(reg),
+		limiter:  newSourceLimiter(cfg.registrationRate, cfg.registrationBurst, cfg.clock),
 	}
 	p.mux.Handle("POST /poll", p.metrics.instrument("/poll", p.handlePoll))
 	p.mux.Handle("POST /push", p.metrics.instrument("/push", p.handlePush))

@@ -66,6 +66,10 @@ func (p *proxy) handleTunnel(w http.ResponseWriter, r *http.Request) {
 		httpError(w, clientErrorStatus(err), "%v", err)
 		return
 	}
+	// Refused before the upgrade, so that the client sees the 429.
+	if !p.admit(w, r, client) {
+		return
+	}
 	capacity, err := strconv.Atoi(r.Header.Get(util.HeaderMaxConcurrency))
 	if err != nil || capacity < 1 {
 		capacity = 1
@@ -97,6 +101,7 @@ func (p *proxy) handleTunnel(w http.ResponseWriter, r *http.Request) {
 	defer p.tunnels.track(session)()
 	attached, err := p.hub.Attach(client, &tunnel{session: session}, capacity)
 	if err != nil {
+		p.metrics.countRegistrationRefused(err)
 		level.Warn(p.logger).Log("msg", "tunnel refused", "fqdn", client.FQDN, "err", err)
 		session.Close()
 		return
