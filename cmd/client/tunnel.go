@@ -122,7 +122,7 @@ func (c *client) runTunnel(ctx, scrapeCtx context.Context, up *upstream, logger 
 		resp.Body.Close()
 		return fmt.Errorf("%w: the upgraded connection cannot be written", errTunnelRefused)
 	}
-	session, err := yamux.Server(conn, util.TunnelConfig(c.cfg.tunnelPingInterval))
+	session, err := yamux.Server(util.TunnelConn(conn), util.TunnelConfig(c.cfg.tunnelPingInterval))
 	if err != nil {
 		conn.Close()
 		return err

@@ -93,7 +93,7 @@ func (p *proxy) handleTunnel(w http.ResponseWriter, r *http.Request) {
 		conn.Close()
 		return
 	}
-	session, err := yamux.Client(util.BufferedConn{SpliceConn: conn, Reader: buffered.Reader}, util.TunnelConfig(p.cfg.tunnelPingInterval))
+	session, err := yamux.Client(util.TunnelConn(util.BufferedConn{SpliceConn: conn, Reader: buffered.Reader}), util.TunnelConfig(p.cfg.tunnelPingInterval))
 	if err != nil {
 		conn.Close()
 		return
