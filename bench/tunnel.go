@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -48,43 +49,79 @@ func (f *fleet) runTunnel(ctx context.Context, conn net.Conn, fqdn string) error
 	if err != nil {
 		return fmt.Errorf("reading tunnel answer: %w", err)
 	}
-	if !util.TunnelAccepted(resp, accept) {
+	accepted, reuse := util.TunnelAccepted(resp, accept)
+	if !accepted {
 		reason, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()
 		return fmt.Errorf("tunnel refused: %s: %s", resp.Status, reason)
 	}
 	_ = conn.SetDeadline(time.Time{})
 	// Bytes the proxy sent right after its answer are in br.
-	session, err := yamux.Server(util.BufferedConn{SpliceConn: conn, Reader: br}, util.TunnelConfig(simTunnelPing))
+	session, err := yamux.Server(util.TunnelConn(util.BufferedConn{SpliceConn: conn, Reader: br}), util.TunnelConfig(simTunnelPing))
 	if err != nil {
 		return err
 	}
+	// Each stream is served in a goroutine of its own, as the proxy may
+	// keep it for scrape after scrape (util.TunnelProtocolReuse); none
+	// outlives the client.
+	var streams sync.WaitGroup
+	defer streams.Wait()
 	defer session.Close()
+	failed := make(chan error, 1)
 	for {
 		stream, err := session.AcceptStream()
 		if err != nil {
+			select {
+			case err = <-failed:
+				return err
+			default:
+			}
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			return fmt.Errorf("tunnel closed: %w", err)
 		}
-		// Streams are answered one at a time: scrapes spread over
-		// thousands of clients rarely meet on one, and no goroutine
-		// outlives the client.
-		if err := f.answerStream(stream, fqdn); err != nil {
+		streams.Add(1)
+		go func() {
+			defer streams.Done()
+			if err := f.serveStream(stream, fqdn, reuse); err != nil {
+				select {
+				case failed <- err:
+				default:
+				}
+				session.Close()
+			}
+		}()
+	}
+}
+
+// serveStream answers the scrapes on stream, one or (with reuse) one after
+// another until the proxy closes it.
+func (f *fleet) serveStream(stream *yamux.Stream, fqdn string, reuse bool) error {
+	defer stream.Close()
+	br := bufio.NewReader(stream)
+	for {
+		if err := f.answerStream(stream, br, fqdn); err != nil {
 			return err
 		}
 		f.served.Add(1)
+		if !reuse {
+			return nil
+		}
+		_ = stream.SetDeadline(time.Time{})
+		if _, err := br.Peek(1); err != nil {
+			// The proxy closed the stream, or the tunnel ended.
+			return nil
+		}
 	}
 }
 
 // answerStream reads a scrape request from stream and answers it as
 // pushprox-client does: head and body in one write, so that a small answer
 // leaves in one frame.
-func (f *fleet) answerStream(stream *yamux.Stream, fqdn string) error {
-	defer stream.Close()
+func (f *fleet) answerStream(stream *yamux.Stream, br *bufio.Reader, fqdn string) error {
 	_ = stream.SetDeadline(time.Now().Add(simStreamTimeout))
-	req, err := util.DecodeScrapeRequest(bufio.NewReader(stream))
+	req, err := util.DecodeScrapeRequest(br)
 	if err != nil {
 		return err
 	}

@@ -18,13 +18,17 @@ import (
 // that reverse proxies set up for WebSockets pass it, carrying what a poll
 // carries: its FQDN, labels and credentials. A proxy that answers 101 with
 // the matching Sec-WebSocket-Accept and protocol switches the connection to
-// yamux, the proxy opening one stream per scrape; anything else means
-// polls.
+// yamux, the proxy opening streams for scrapes; anything else means polls.
 const (
 	// TunnelPath is the proxy's endpoint for tunnels, next to PollPath.
 	TunnelPath = "tunnel"
-	// TunnelProtocol names the protocol spoken after the handshake.
+	// TunnelProtocol names the protocol spoken after the handshake in which
+	// a stream carries one scrape and ends with its answer.
 	TunnelProtocol = "pushprox-tunnel.v1"
+	// TunnelProtocolReuse names the protocol in which a stream carries one
+	// scrape after another, each answer's body delimited by its length or
+	// chunked, so that a scrape costs no stream opening and closing.
+	TunnelProtocolReuse = "pushprox-tunnel.v2"
 	// HeaderFQDN carries the client's FQDN in a tunnel request.
 	HeaderFQDN = "Pushprox-Fqdn"
 	// HeaderMaxConcurrency carries how many scrapes at once a client takes
@@ -58,7 +62,8 @@ func NewTunnelRequest(tunnelURL, fqdn, labels string, maxConcurrency int) (*http
 	req.Header.Set("Upgrade", "websocket")
 	req.Header.Set(headerWebSocketVersion, "13")
 	req.Header.Set(headerWebSocketKey, key)
-	req.Header.Set(headerWebSocketProtocol, TunnelProtocol)
+	// Preferred first, as RFC 6455 lists subprotocols.
+	req.Header.Set(headerWebSocketProtocol, TunnelProtocolReuse+", "+TunnelProtocol)
 	req.Header.Set(HeaderFQDN, fqdn)
 	req.Header.Set(HeaderMaxConcurrency, strconv.Itoa(maxConcurrency))
 	if labels != "" {
@@ -67,28 +72,52 @@ func NewTunnelRequest(tunnelURL, fqdn, labels string, maxConcurrency int) (*http
 	return req, webSocketAccept(key), nil
 }
 
-// IsTunnelRequest says whether r asks for a tunnel of this protocol.
+// IsTunnelRequest says whether r asks for a tunnel of one of these
+// protocols.
 func IsTunnelRequest(r *http.Request) bool {
 	return headerHasToken(r.Header, "Connection", "upgrade") &&
 		headerHasToken(r.Header, "Upgrade", "websocket") &&
-		headerHasToken(r.Header, headerWebSocketProtocol, TunnelProtocol) &&
+		tunnelProtocolOf(r.Header) != "" &&
 		r.Header.Get(headerWebSocketKey) != ""
 }
 
-// TunnelAccepted says whether resp accepts a tunnel asked for with the
-// given accept value.
-func TunnelAccepted(resp *http.Response, accept string) bool {
-	return resp.StatusCode == http.StatusSwitchingProtocols &&
-		resp.Header.Get(headerWebSocketAccept) == accept &&
-		headerHasToken(resp.Header, headerWebSocketProtocol, TunnelProtocol)
+// TunnelReusesStreams says whether the tunnel asked for with r speaks
+// TunnelProtocolReuse: whether the client offered it.
+func TunnelReusesStreams(r *http.Request) bool {
+	return tunnelProtocolOf(r.Header) == TunnelProtocolReuse
 }
 
-// WriteTunnelAccept writes the proxy's 101 answer to tunnel request r.
+// tunnelProtocolOf is the protocol chosen from those offered or answered
+// in h: the one reusing streams when there, else the first version, else
+// none.
+func tunnelProtocolOf(h http.Header) string {
+	switch {
+	case headerHasToken(h, headerWebSocketProtocol, TunnelProtocolReuse):
+		return TunnelProtocolReuse
+	case headerHasToken(h, headerWebSocketProtocol, TunnelProtocol):
+		return TunnelProtocol
+	}
+	return ""
+}
+
+// TunnelAccepted says whether resp accepts a tunnel asked for with the
+// given accept value, and if so whether its streams carry one scrape after
+// another (TunnelProtocolReuse).
+func TunnelAccepted(resp *http.Response, accept string) (accepted, reuse bool) {
+	protocol := resp.Header.Get(headerWebSocketProtocol)
+	accepted = resp.StatusCode == http.StatusSwitchingProtocols &&
+		resp.Header.Get(headerWebSocketAccept) == accept &&
+		(protocol == TunnelProtocol || protocol == TunnelProtocolReuse)
+	return accepted, accepted && protocol == TunnelProtocolReuse
+}
+
+// WriteTunnelAccept writes the proxy's 101 answer to tunnel request r,
+// choosing the protocol that reuses streams when r offers it.
 func WriteTunnelAccept(w io.Writer, r *http.Request) error {
 	_, err := io.WriteString(w, "HTTP/1.1 101 Switching Protocols\r\n"+
 		"Upgrade: websocket\r\nConnection: Upgrade\r\n"+
 		headerWebSocketAccept+": "+webSocketAccept(r.Header.Get(headerWebSocketKey))+"\r\n"+
-		headerWebSocketProtocol+": "+TunnelProtocol+"\r\n\r\n")
+		headerWebSocketProtocol+": "+tunnelProtocolOf(r.Header)+"\r\n\r\n")
 	return err
 }
 

@@ -3,10 +3,12 @@ package util
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -162,17 +164,49 @@ func EncodeAnswerHead(code int, status string, header http.Header) []byte {
 // bytes, and a final status; the body is left unread on the returned
 // response. A length-less body ends where r ends.
 func DecodeAnswer(r io.Reader) (*http.Response, error) {
-	limited := &io.LimitedReader{R: r, N: MaxAnswerHead}
-	resp, err := http.ReadResponse(bufio.NewReader(limited), nil)
+	resp, err := NewAnswerReader(r).Next()
+	if errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("not an HTTP response: %w", io.ErrUnexpectedEOF)
+	}
+	return resp, err
+}
+
+// AnswerReader reads the answers that a tunnel stream carries one after
+// another (TunnelProtocolReuse), through one buffer.
+type AnswerReader struct {
+	limited io.LimitedReader // bounds each head
+	reader  *bufio.Reader
+}
+
+// answerReadBuffer is the read buffer of an AnswerReader: a small answer
+// is read in one piece.
+const answerReadBuffer = 4 << 10
+
+// NewAnswerReader returns an AnswerReader of the answers in r.
+func NewAnswerReader(r io.Reader) *AnswerReader {
+	a := &AnswerReader{limited: io.LimitedReader{R: r}}
+	a.reader = bufio.NewReaderSize(&a.limited, answerReadBuffer)
+	return a
+}
+
+// Next reads the next answer as DecodeAnswer does. The body of the one
+// before must have been read to its end. An error that is io.EOF itself
+// says that r ended before the answer's first byte.
+func (a *AnswerReader) Next() (*http.Response, error) {
+	a.limited.N = MaxAnswerHead - int64(a.reader.Buffered())
+	if _, err := a.reader.Peek(1); err != nil {
+		return nil, err
+	}
+	resp, err := http.ReadResponse(a.reader, nil)
 	if err != nil {
-		if limited.N <= 0 {
+		if a.limited.N <= 0 {
 			return nil, fmt.Errorf("answer head larger than %d bytes", MaxAnswerHead)
 		}
-		return nil, fmt.Errorf("not an HTTP response: %w", err)
+		return nil, fmt.Errorf("not an HTTP response: %w", noEOF(err))
 	}
 	// The head was read under its own limit; the body is bounded by the
 	// caller's reader.
-	limited.N = math.MaxInt64
+	a.limited.N = math.MaxInt64
 	// Only a final status can be relayed: net/http panics below 100, and a
 	// 1xx would reach Prometheus as an empty 200.
 	if resp.StatusCode < 200 {
@@ -184,6 +218,22 @@ func DecodeAnswer(r io.Reader) (*http.Response, error) {
 		return nil, fmt.Errorf("answer has no %s header", HeaderID)
 	}
 	return resp, nil
+}
+
+// noEOF turns io.EOF, which Next keeps for an answer that never began,
+// into io.ErrUnexpectedEOF.
+func noEOF(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// Delimited says whether the body of answer resp ends by itself (a length,
+// or chunks) rather than with its carrier, so that the carrier may carry
+// another answer after it.
+func Delimited(resp *http.Response) bool {
+	return resp.ContentLength >= 0 || slices.Contains(resp.TransferEncoding, "chunked")
 }
 
 // ErrorAnswer is the answer a client gives for a scrape it could not make:

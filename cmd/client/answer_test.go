@@ -31,10 +31,13 @@ func TestAnAnswerWrittenToAnyWriterReadsBackAsTheWireForm(t *testing.T) {
 		name       string
 		length     int64 // of the response; -1 unknown
 		body       string
+		delimit    bool // as on a tunnel stream that carries more
 		wantLength string
 	}{
 		{name: "with a length", length: 5, body: "up 1\n", wantLength: "5"},
 		{name: "without a length", length: -1, body: "up 1\n", wantLength: ""},
+		{name: "without a length, delimited in chunks, followed by more", length: -1, body: strings.Repeat("up 1\n", 10000), delimit: true, wantLength: ""},
+		{name: "with a length, delimited, followed by more", length: 5, body: "up 1\n", delimit: true, wantLength: "5"},
 		{name: "empty", length: 0, body: "", wantLength: "0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -46,16 +49,32 @@ func TestAnAnswerWrittenToAnyWriterReadsBackAsTheWireForm(t *testing.T) {
 				Request:       req,
 			}
 			var wire bytes.Buffer
-			if err := writeAnswer(&wire, resp, "scrape-1"); err != nil {
+			if err := writeAnswer(&wire, resp, "scrape-1", tc.delimit); err != nil {
 				t.Fatal(err)
 			}
-			got, err := util.DecodeAnswer(&wire)
+			if tc.delimit {
+				next := &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("next")), ContentLength: 4}
+				if err := writeAnswer(&wire, next, "scrape-next", true); err != nil {
+					t.Fatal(err)
+				}
+			}
+			answers := util.NewAnswerReader(&wire)
+			got, err := answers.Next()
 			if err != nil {
 				t.Fatalf("decoding %q: %v", wire.String(), err)
 			}
 			body, _ := io.ReadAll(got.Body)
 			if got.StatusCode != http.StatusOK || string(body) != tc.body {
-				t.Errorf("read back %d %q, want 200 %q", got.StatusCode, body, tc.body)
+				t.Errorf("read back %d, %d bytes, want 200 and %d bytes", got.StatusCode, len(body), len(tc.body))
+			}
+			if tc.delimit && !util.Delimited(got) {
+				t.Error("a delimited answer reads back undelimited")
+			}
+			if tc.delimit {
+				next, err := answers.Next()
+				if err != nil || next.Header.Get(util.HeaderID) != "scrape-next" {
+					t.Errorf("the answer after a delimited one: %v %v", next, err)
+				}
 			}
 			if got.Header.Get(util.HeaderID) != "scrape-1" || got.Header.Get("Content-Type") != "text/plain" {
 				t.Errorf("read back header %v", got.Header)
@@ -74,7 +93,7 @@ func TestAnAnswerWrittenToAnyWriterReadsBackAsTheWireForm(t *testing.T) {
 	}
 	t.Run("a body shorter than its length is an error", func(t *testing.T) {
 		resp := &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("up")), ContentLength: 10}
-		if err := writeAnswer(io.Discard, resp, "scrape-2"); err == nil {
+		if err := writeAnswer(io.Discard, resp, "scrape-2", false); err == nil {
 			t.Error("no error")
 		}
 	})
@@ -175,7 +194,7 @@ func TestAScrapeIsAnsweredOnAnyCarrier(t *testing.T) {
 			}
 			resp, done := c.answer(context.Background(), req)
 			var back bytes.Buffer
-			err = writeAnswer(&back, resp, req.Header.Get(util.HeaderID))
+			err = writeAnswer(&back, resp, req.Header.Get(util.HeaderID), false)
 			done()
 			if err != nil {
 				t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httputil"
 	"time"
 
 	"github.com/go-kit/log"
@@ -28,6 +29,27 @@ import (
 // the scrape is refused through send at once and startScrape reports
 // false.
 func (c *client) startScrape(ctx, scrapeCtx context.Context, req *http.Request, taken time.Time, send func(*http.Response) error) bool {
+	if !c.takeSlot(ctx, scrapeCtx, req, taken, send) {
+		return false
+	}
+	go c.scrapeInSlot(scrapeCtx, req, taken, send)
+	return true
+}
+
+// serveScrape is startScrape in the calling goroutine: it returns once the
+// answer has been sent. A tunnel stream, which has a goroutine of its own,
+// saves a hand-over to another one.
+func (c *client) serveScrape(ctx, scrapeCtx context.Context, req *http.Request, taken time.Time, send func(*http.Response) error) bool {
+	if !c.takeSlot(ctx, scrapeCtx, req, taken, send) {
+		return false
+	}
+	c.scrapeInSlot(scrapeCtx, req, taken, send)
+	return true
+}
+
+// takeSlot waits for a scrape slot for req, or refuses req through send
+// when ctx ends first.
+func (c *client) takeSlot(ctx, scrapeCtx context.Context, req *http.Request, taken time.Time, send func(*http.Response) error) bool {
 	select {
 	case c.slots <- struct{}{}:
 	case <-ctx.Done():
@@ -37,14 +59,17 @@ func (c *client) startScrape(ctx, scrapeCtx context.Context, req *http.Request, 
 		return false
 	}
 	c.scrapes.Add(1)
-	go func() {
-		defer c.scrapes.Done()
-		defer func() { <-c.slots }()
-		resp, done := c.answer(scrapeCtx, req)
-		defer done()
-		c.sendAnswer(req, resp, taken, send)
-	}()
 	return true
+}
+
+// scrapeInSlot makes the scrape of req in the slot taken for it and sends
+// the answer.
+func (c *client) scrapeInSlot(scrapeCtx context.Context, req *http.Request, taken time.Time, send func(*http.Response) error) {
+	defer c.scrapes.Done()
+	defer func() { <-c.slots }()
+	resp, done := c.answer(scrapeCtx, req)
+	defer done()
+	c.sendAnswer(req, resp, taken, send)
 }
 
 // sendAnswer sends the answer to req, taken at taken, with send; it logs
@@ -139,8 +164,9 @@ func checkAnswerHead(resp *http.Response, id string) error {
 // status and headers, tagged with the Id and the seconds left until the
 // deadline of resp.Request's context, if any. It also returns the length of
 // the body that follows, or -1 when unknown: then the answer's body ends
-// with its carrier's (the push body, or the tunnel stream).
-func answerHead(resp *http.Response, id string) (head []byte, length int64) {
+// with its carrier's (the push body, or the tunnel stream), or, when
+// chunked is set, is sent in chunks.
+func answerHead(resp *http.Response, id string, chunked bool) (head []byte, length int64) {
 	length = resp.ContentLength
 	if resp.Body == nil || resp.Body == http.NoBody {
 		length = 0
@@ -153,6 +179,9 @@ func answerHead(resp *http.Response, id string) (head []byte, length int64) {
 	// Without a length no Connection header is needed: one would reach
 	// Prometheus through proxies that copy headers as they are.
 	header := util.AnswerHeader(resp.Header, id, time.Until(deadline), hasDeadline, length)
+	if chunked && length < 0 {
+		header.Set("Transfer-Encoding", "chunked")
+	}
 	return util.EncodeAnswerHead(resp.StatusCode, resp.Status, header), length
 }
 
@@ -166,15 +195,28 @@ func answerBody(resp *http.Response, length int64) io.Reader {
 }
 
 // writeAnswer writes resp to w as the answer to scrape id, in the wire
-// form: its head (with the body's length when known), then its body. A
-// body that is shorter than the length it gave is an error; one that is
-// longer is cut at the length.
-func writeAnswer(w io.Writer, resp *http.Response, id string) error {
-	head, length := answerHead(resp, id)
+// form: its head (with the body's length when known), then its body. With
+// delimit, a body of unknown length is chunked, so that the answer ends
+// before w does. A body that is shorter than the length it gave is an
+// error; one that is longer is cut at the length.
+func writeAnswer(w io.Writer, resp *http.Response, id string, delimit bool) error {
+	head, length := answerHead(resp, id, delimit)
 	if _, err := w.Write(head); err != nil {
 		return err
 	}
 	body := answerBody(resp, length)
+	if length < 0 && delimit {
+		chunks := httputil.NewChunkedWriter(w)
+		if _, err := io.Copy(chunks, body); err != nil {
+			return err
+		}
+		if err := chunks.Close(); err != nil {
+			return err
+		}
+		// The last chunk is followed by an empty trailer.
+		_, err := io.WriteString(w, "\r\n")
+		return err
+	}
 	if length < 0 {
 		_, err := io.Copy(w, body)
 		return err

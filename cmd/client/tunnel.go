@@ -112,7 +112,8 @@ func (c *client) runTunnel(ctx, scrapeCtx context.Context, up *upstream, logger 
 	if err != nil {
 		return err
 	}
-	if !util.TunnelAccepted(resp, accept) {
+	accepted, reuse := util.TunnelAccepted(resp, accept)
+	if !accepted {
 		reason, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()
 		return fmt.Errorf("%w: answered %s: %s", errTunnelRefused, resp.Status, firstLine(reason))
@@ -156,45 +157,72 @@ func (c *client) runTunnel(ctx, scrapeCtx context.Context, up *upstream, logger 
 			return err
 		}
 		streams.Add(1)
-		go c.serveStream(ctx, scrapeCtx, stream, streams.Done)
+		go c.serveStream(ctx, scrapeCtx, stream, reuse, streams.Done)
 	}
 }
 
-// serveStream reads what a stream asks for and serves it: a scrape,
-// through the same slots, drain and accounting as a polled one, answered on
-// the stream; or a CONNECT. The request is read before a scrape slot is
-// taken, so that a slow stream cannot hold one. ended is called once the
-// stream is closed.
-func (c *client) serveStream(ctx, scrapeCtx context.Context, stream *yamux.Stream, ended func()) {
-	var once sync.Once
-	end := func() {
-		once.Do(func() {
-			stream.Close()
-			ended()
-		})
+// serveStream serves what a stream asks for: a scrape, through the same
+// slots, drain and accounting as a polled one, answered on the stream; or a
+// CONNECT. With reuse (util.TunnelProtocolReuse) it then waits for the
+// next scrape on the stream, until the proxy closes it or ctx ends. A
+// request is read before a scrape slot is taken, so that a slow stream
+// cannot hold one. ended is called once the stream is closed.
+func (c *client) serveStream(ctx, scrapeCtx context.Context, stream *yamux.Stream, reuse bool, ended func()) {
+	defer ended()
+	defer stream.Close()
+	// A stopping client ends its idle streams; a scrape being made is
+	// answered first, as the stream is read only between scrapes.
+	stopIdle := context.AfterFunc(ctx, func() { _ = stream.SetReadDeadline(time.Now()) })
+	defer stopIdle()
+	reader := bufio.NewReaderSize(stream, streamReadBuffer)
+	for first := true; ; first = false {
+		if !first {
+			// Idle until the proxy sends the next scrape. One that comes
+			// as the client stops is left unanswered: the proxy gives it
+			// to another carrier.
+			_ = stream.SetReadDeadline(time.Time{})
+			if ctx.Err() != nil {
+				return
+			}
+			if _, err := reader.Peek(1); err != nil || ctx.Err() != nil {
+				return
+			}
+		}
+		_ = stream.SetReadDeadline(time.Now().Add(maxStreamRequest))
+		req, err := util.DecodeStreamRequest(reader)
+		if err != nil {
+			if first || !errors.Is(err, io.EOF) {
+				c.metrics.scrapeErrors.Inc()
+				level.Warn(c.logger).Log("msg", "bad scrape request on tunnel", "err", err)
+			}
+			return
+		}
+		if req.Method == http.MethodConnect {
+			c.serveConnect(scrapeCtx, stream, reader, req)
+			return
+		}
+		if !c.serveScrape(ctx, scrapeCtx, req, time.Now(), c.streamAnswer(stream, req.Header.Get(util.HeaderID), reuse)) || !reuse {
+			return
+		}
 	}
-	_ = stream.SetReadDeadline(time.Now().Add(maxStreamRequest))
-	reader := bufio.NewReaderSize(stream, 4<<10)
-	req, err := util.DecodeStreamRequest(reader)
-	if err != nil {
-		c.metrics.scrapeErrors.Inc()
-		level.Warn(c.logger).Log("msg", "bad scrape request on tunnel", "err", err)
-		end()
-		return
-	}
-	if req.Method == http.MethodConnect {
-		defer end()
-		c.serveConnect(scrapeCtx, stream, reader, req)
-		return
-	}
-	id := req.Header.Get(util.HeaderID)
-	c.startScrape(ctx, scrapeCtx, req, time.Now(), func(resp *http.Response) error {
-		defer end()
+}
+
+// streamReadBuffer is the read buffer of a tunnel stream: a scrape request
+// is read in one piece.
+const streamReadBuffer = 4 << 10
+
+// errAnswerCut says that an answer on a stream was not sent whole, so the
+// stream cannot carry another.
+var errAnswerCut = errors.New("answer not sent whole")
+
+// streamAnswer returns the function that sends the answer to scrape id on
+// stream, in one tunnel frame when it is small. With reuse the answer's
+// body is delimited, and a failure to send it whole closes the stream.
+func (c *client) streamAnswer(stream *yamux.Stream, id string, reuse bool) func(*http.Response) error {
+	return func(resp *http.Response) error {
 		if deadline, ok := resp.Request.Context().Deadline(); ok {
 			_ = stream.SetWriteDeadline(deadline)
 		}
-		// One buffer for head and body, so that a small answer leaves in
-		// one tunnel frame.
 		out, _ := c.answerWriters.Get().(*bufio.Writer)
 		if out == nil {
 			out = bufio.NewWriterSize(stream, answerBufferSize)
@@ -205,9 +233,16 @@ func (c *client) serveStream(ctx, scrapeCtx context.Context, stream *yamux.Strea
 			out.Reset(nil)
 			c.answerWriters.Put(out)
 		}()
-		if err := writeAnswer(out, resp, id); err != nil {
-			return err
+		err := writeAnswer(out, resp, id, reuse)
+		if err == nil {
+			err = out.Flush()
 		}
-		return out.Flush()
-	})
+		if err != nil {
+			// The proxy must not read what is left as the next answer.
+			stream.Close()
+			return fmt.Errorf("%w: %w", errAnswerCut, err)
+		}
+		_ = stream.SetWriteDeadline(time.Time{})
+		return nil
+	}
 }

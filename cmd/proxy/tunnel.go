@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -99,7 +100,9 @@ func (p *proxy) handleTunnel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer p.tunnels.track(session)()
-	attached, err := p.hub.Attach(client, &tunnel{session: session}, capacity)
+	carrier := &tunnel{session: session, reuse: util.TunnelReusesStreams(r), idleLimit: capacity}
+	defer carrier.closeIdle()
+	attached, err := p.hub.Attach(client, carrier, capacity)
 	if err != nil {
 		p.metrics.countRegistrationRefused(err)
 		level.Warn(p.logger).Log("msg", "tunnel refused", "fqdn", client.FQDN, "err", err)
@@ -112,51 +115,164 @@ func (p *proxy) handleTunnel(w http.ResponseWriter, r *http.Request) {
 	level.Debug(p.logger).Log("msg", "tunnel closed", "fqdn", client.FQDN, "remote", r.RemoteAddr)
 }
 
-// tunnel carries scrapes to a client, one yamux stream each.
+// tunnel carries scrapes to a client on yamux streams: one stream each, or,
+// when the client speaks util.TunnelProtocolReuse, one after another on
+// streams kept open between scrapes, which saves opening and closing a
+// stream (three frames, each a write and a wake-up at both ends) per
+// scrape.
 type tunnel struct {
 	session *yamux.Session
+	reuse   bool
+	// idleLimit bounds the idle streams kept: the client's scrapes at
+	// once, as the hub never carries more on one tunnel.
+	idleLimit int
+
+	mu   sync.Mutex
+	idle []*tunnelStream // guarded by mu; the most recently used last
 }
 
-// Carry opens a stream, writes the scrape request on it and reads the
-// answer's head. The stream is the answer's body.
+// tunnelStream is a stream and the reader of the answers on it.
+type tunnelStream struct {
+	stream  *yamux.Stream
+	answers *util.AnswerReader
+}
+
+// Carry writes the scrape request on a stream, an idle one when there is
+// one, and reads the answer's head. The answer's body ends the scrape on
+// the stream: read to its end, it gives the stream back for another scrape.
 func (t *tunnel) Carry(ctx context.Context, s *rendezvous.Scrape) (*http.Response, error) {
-	stream, err := t.session.OpenStream()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", rendezvous.ErrNotCarried, err)
+	for {
+		ts, reused, err := t.stream()
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", rendezvous.ErrNotCarried, err)
+		}
+		resp, err := t.carryOn(ctx, s, ts)
+		// A stream the client closed while it was idle (when stopping)
+		// took no scrape: try another.
+		if reused && errors.Is(err, errStreamEnded) {
+			continue
+		}
+		if !reused && errors.Is(err, errStreamEnded) {
+			err = fmt.Errorf("%w: %v", rendezvous.ErrNotCarried, err)
+		}
+		return resp, err
 	}
-	_ = stream.SetDeadline(s.Deadline)
-	if _, err := stream.Write(s.Request); err != nil {
-		stream.Close()
-		return nil, fmt.Errorf("%w: %v", rendezvous.ErrNotCarried, err)
+}
+
+// errStreamEnded says that a stream of a live tunnel ended before the first
+// byte of an answer, or could not be written to: the client took no
+// scrape on it.
+var errStreamEnded = errors.New("tunnel stream ended before an answer")
+
+// carryOn carries s on ts.
+func (t *tunnel) carryOn(ctx context.Context, s *rendezvous.Scrape, ts *tunnelStream) (*http.Response, error) {
+	_ = ts.stream.SetDeadline(s.Deadline)
+	if _, err := ts.stream.Write(s.Request); err != nil {
+		ts.stream.Close()
+		return nil, fmt.Errorf("%w: %v", errStreamEnded, err)
 	}
 	// Until the head is in, the wait ends with ctx; the body may then use
 	// the scrape's full timeout.
-	stop := context.AfterFunc(ctx, func() { _ = stream.SetReadDeadline(time.Now()) })
-	resp, err := util.DecodeAnswer(stream)
+	stop := context.AfterFunc(ctx, func() { _ = ts.stream.SetReadDeadline(time.Now()) })
+	resp, err := ts.answers.Next()
 	if !stop() || err != nil {
-		stream.Close()
-		if err == nil {
+		ts.stream.Close()
+		switch {
+		case err == nil:
 			resp.Body.Close()
 			err = ctx.Err()
+		case err == io.EOF && t.session.IsClosed():
+			// The client may have started on s before its tunnel died.
+			err = fmt.Errorf("tunnel closed before the answer: %w", io.ErrUnexpectedEOF)
+		case err == io.EOF:
+			err = errStreamEnded
 		}
 		return nil, err
 	}
 	if id := resp.Header.Get(util.HeaderID); id != s.ID {
+		ts.stream.Close()
 		resp.Body.Close()
-		stream.Close()
 		return nil, fmt.Errorf("answer names scrape %q, not %q", id, s.ID)
 	}
-	resp.Body = streamBody{resp.Body, stream}
+	resp.Body = &streamBody{ReadCloser: resp.Body, tunnel: t, stream: ts, reusable: t.reuse && util.Delimited(resp)}
 	return resp, nil
 }
 
-// streamBody is an answer's body that ends its stream when closed.
-type streamBody struct {
-	io.ReadCloser
-	stream *yamux.Stream
+// stream returns an idle stream, or a new one, and whether it was idle.
+func (t *tunnel) stream() (*tunnelStream, bool, error) {
+	t.mu.Lock()
+	if n := len(t.idle); n > 0 {
+		ts := t.idle[n-1]
+		t.idle[n-1] = nil
+		t.idle = t.idle[:n-1]
+		t.mu.Unlock()
+		return ts, true, nil
+	}
+	t.mu.Unlock()
+	stream, err := t.session.OpenStream()
+	if err != nil {
+		return nil, false, err
+	}
+	return &tunnelStream{stream: stream, answers: util.NewAnswerReader(stream)}, false, nil
 }
 
-func (b streamBody) Close() error {
+// release keeps ts for another scrape, or closes it when enough are kept
+// or the tunnel is closed.
+func (t *tunnel) release(ts *tunnelStream) {
+	_ = ts.stream.SetDeadline(time.Time{})
+	t.mu.Lock()
+	if len(t.idle) < t.idleLimit && !t.session.IsClosed() {
+		t.idle = append(t.idle, ts)
+		ts = nil
+	}
+	t.mu.Unlock()
+	if ts != nil {
+		ts.stream.Close()
+	}
+}
+
+// closeIdle closes the idle streams once the tunnel is detached.
+func (t *tunnel) closeIdle() {
+	t.mu.Lock()
+	idle := t.idle
+	t.idle, t.idleLimit = nil, 0
+	t.mu.Unlock()
+	for _, ts := range idle {
+		ts.stream.Close()
+	}
+}
+
+// streamBody is an answer's body on a tunnel stream. Read to its end, it
+// gives a reusable stream back to the tunnel at once, before the relay
+// finishes the answer to Prometheus, which may then send its next scrape;
+// closed before, it closes the stream first, so that closing the body does
+// not wait for the rest of it.
+type streamBody struct {
+	io.ReadCloser
+	tunnel   *tunnel
+	stream   *tunnelStream
+	reusable bool
+	released bool // the stream went back to the tunnel, or was closed
+}
+
+func (b *streamBody) Read(p []byte) (int, error) {
+	if b.released {
+		return 0, io.EOF
+	}
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF && b.reusable {
+		b.released = true
+		b.tunnel.release(b.stream)
+	}
+	return n, err
+}
+
+func (b *streamBody) Close() error {
+	if b.released {
+		return nil
+	}
+	b.released = true
+	err := b.stream.stream.Close()
 	b.ReadCloser.Close()
-	return b.stream.Close()
+	return err
 }

@@ -1,0 +1,216 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/rancher/pushprox/internal/testbin"
+	"github.com/rancher/pushprox/util"
+)
+
+// streamPeer is a tunnel client played by the test: it answers every
+// scrape on a stream with answer, and counts the streams the proxy opens.
+type streamPeer struct {
+	reuse   bool // the proxy accepted util.TunnelProtocolReuse
+	session *yamux.Session
+	opened  atomic.Int64
+	wg      sync.WaitGroup
+}
+
+// dialStreamPeer opens a tunnel for fqdn offering the given protocols and
+// serves it until the test ends. answer writes the answer to one scrape
+// request on stream; returning false closes the stream after it.
+func dialStreamPeer(t *testing.T, tp *testProxy, fqdn, protocols string, answer func(w io.Writer, req *http.Request) bool) *streamPeer {
+	t.Helper()
+	conn, err := net.Dial("tcp", tp.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, accept, err := util.NewTunnelRequest(tp.srv.URL+"/"+util.TunnelPath, fqdn, "", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Sec-WebSocket-Protocol", protocols)
+	if err := req.Write(conn); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted, reuse := util.TunnelAccepted(resp, accept)
+	if !accepted {
+		t.Fatalf("tunnel refused: %s", resp.Status)
+	}
+	session, err := yamux.Server(util.TunnelConn(util.BufferedConn{SpliceConn: conn.(*net.TCPConn), Reader: br}), util.TunnelConfig(defaultConfig().tunnelPingInterval))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &streamPeer{reuse: reuse, session: session}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			stream, err := session.AcceptStream()
+			if err != nil {
+				return
+			}
+			p.opened.Add(1)
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				defer stream.Close()
+				reader := bufio.NewReader(stream)
+				for {
+					req, err := util.DecodeScrapeRequest(reader)
+					if err != nil || !answer(stream, req) {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		session.Close()
+		p.wg.Wait()
+	})
+	tp.waitTunnels(t, 1)
+	return p
+}
+
+// writeTestAnswer writes the answer to req with body, with its length or,
+// when chunked, in chunks.
+func writeTestAnswer(w io.Writer, req *http.Request, body string, chunked bool) {
+	length := int64(len(body))
+	if chunked {
+		length = -1
+	}
+	header := util.AnswerHeader(http.Header{"Content-Type": {"text/plain"}}, req.Header.Get(util.HeaderID), 0, false, length)
+	if chunked {
+		header.Set("Transfer-Encoding", "chunked")
+	}
+	out := bufio.NewWriter(w)
+	out.Write(util.EncodeAnswerHead(http.StatusOK, "", header))
+	if chunked {
+		chunks := httputil.NewChunkedWriter(out)
+		io.WriteString(chunks, body)
+		chunks.Close()
+		io.WriteString(out, "\r\n")
+	} else {
+		io.WriteString(out, body)
+	}
+	out.Flush()
+}
+
+func TestTunnelStreams(t *testing.T) {
+	both := util.TunnelProtocolReuse + ", " + util.TunnelProtocol
+	for _, tc := range []struct {
+		name      string
+		protocols string
+		// answer answers the n-th scrape (from 0); false closes its stream.
+		answer      func(n int64, w io.Writer, req *http.Request) bool
+		wantReuse   bool
+		wantStreams int64
+	}{
+		{
+			name:      "a client reusing streams gets scrape after scrape on one stream, with lengths and in chunks",
+			protocols: both,
+			answer: func(n int64, w io.Writer, req *http.Request) bool {
+				writeTestAnswer(w, req, "up 1\n", n%2 == 1)
+				return true
+			},
+			wantReuse:   true,
+			wantStreams: 1,
+		},
+		{
+			name:      "an idle stream the client closed is replaced and the scrape is served",
+			protocols: both,
+			answer: func(n int64, w io.Writer, req *http.Request) bool {
+				writeTestAnswer(w, req, "up 1\n", false)
+				return n != 1
+			},
+			wantReuse:   true,
+			wantStreams: 2,
+		},
+		{
+			name:      "an answer without a length or chunks ends its stream",
+			protocols: both,
+			answer: func(n int64, w io.Writer, req *http.Request) bool {
+				header := util.AnswerHeader(http.Header{}, req.Header.Get(util.HeaderID), 0, false, -1)
+				io.WriteString(w, string(util.EncodeAnswerHead(http.StatusOK, "", header))+"up 1\n")
+				return false
+			},
+			wantReuse:   true,
+			wantStreams: 4,
+		},
+		{
+			name:      "a client of the first version gets a stream per scrape",
+			protocols: util.TunnelProtocol,
+			answer: func(n int64, w io.Writer, req *http.Request) bool {
+				writeTestAnswer(w, req, "up 1\n", false)
+				return false
+			},
+			wantReuse:   false,
+			wantStreams: 4,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tp := startProxy(t, defaultConfig())
+			var scrapes atomic.Int64
+			peer := dialStreamPeer(t, tp, "peer", tc.protocols, func(w io.Writer, req *http.Request) bool {
+				return tc.answer(scrapes.Add(1)-1, w, req)
+			})
+			if peer.reuse != tc.wantReuse {
+				t.Errorf("proxy chose reuse = %v, want %v", peer.reuse, tc.wantReuse)
+			}
+			for i := range 4 {
+				r := scrapeThrough(context.Background(), tp.srv.URL, "http://peer:9100/metrics", "10")
+				if r.err != nil || r.status != http.StatusOK || r.body != "up 1\n" {
+					t.Fatalf("scrape %d: %d %q %v", i, r.status, r.body, r.err)
+				}
+				if r.header.Get(util.HeaderID) != "" || strings.Contains(r.header.Get("Transfer-Encoding"), "chunked") && r.header.Get("Content-Length") != "" {
+					t.Errorf("scrape %d: headers %v", i, r.header)
+				}
+			}
+			if got := peer.opened.Load(); got != tc.wantStreams {
+				t.Errorf("the proxy opened %d streams for 4 scrapes, want %d", got, tc.wantStreams)
+			}
+		})
+	}
+}
+
+func TestTunnelClientAnswersScrapeAfterScrapeOfATargetWithoutALength(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	body := strings.Repeat("node_cpu_seconds_total{cpu=\"0\"} 1\n", 4000)
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Flushed in pieces, so that net/http sends no length.
+		for piece := range strings.SplitAfterSeq(body, "\n") {
+			io.WriteString(w, piece)
+			if len(piece) > 0 && r.Context().Err() == nil {
+				w.(http.Flusher).Flush()
+			}
+		}
+	}))
+	defer target.Close()
+	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=tunnel")...)
+	client.WaitForOutput(clientTunnelOpen)
+	tp.waitTunnels(t, 1)
+	for i := range 3 {
+		r := scrapeThrough(context.Background(), tp.srv.URL, target.URL+"/metrics", "10")
+		if r.err != nil || r.status != http.StatusOK || r.body != body {
+			t.Fatalf("scrape %d: %d, %d bytes of %d, %v", i, r.status, len(r.body), len(body), r.err)
+		}
+	}
+}
