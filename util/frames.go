@@ -15,9 +15,10 @@ const (
 
 	// maxJoinedFrame bounds the frames whose header and body are copied
 	// into one buffer to be written at once, and so the buffer each end of
-	// a tunnel keeps; a larger body is worth its own system call. Scrape
-	// requests and small answers fit.
-	maxJoinedFrame = 64 << 10
+	// a tunnel keeps: a frame is at most a stream window, and the largest
+	// frames are answers, which a client writes; a proxy writes requests
+	// and, for CONNECT, pieces of util.Splice's buffer.
+	maxJoinedFrame = TunnelStreamWindow
 )
 
 // frameConn is a tunnel connection that sends a yamux data frame's header

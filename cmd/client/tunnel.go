@@ -40,7 +40,7 @@ const (
 	maxStreamRequest = 10 * time.Second
 	// answerBufferSize lets a small answer's head and body leave in one
 	// tunnel frame.
-	answerBufferSize = 32 << 10
+	answerBufferSize = 128 << 10
 )
 
 // errTunnelRefused says that a proxy answered a tunnel request with
