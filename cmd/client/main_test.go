@@ -83,6 +83,7 @@ func TestFlags(t *testing.T) {
 		{name: "unknown flag", args: append(base, "--bogus"), want: "--bogus"},
 		{name: "missing CA file", args: append(base, "--tls.cacert=/nonexistent/ca.pem"), want: "/nonexistent/ca.pem"},
 		{name: "negative shutdown timeout", args: append(base, "--web.shutdown-timeout=-1s"), want: "--web.shutdown-timeout must not be negative"},
+		{name: "negative GOMAXPROCS", args: append(base, "--runtime.gomaxprocs=-1"), want: "--runtime.gomaxprocs must not be negative"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var buf bytes.Buffer
@@ -93,6 +94,36 @@ func TestFlags(t *testing.T) {
 			out := strings.TrimSuffix(buf.String(), "\n")
 			if strings.Contains(out, "\n") || !strings.HasPrefix(out, "pushprox-client: ") || !strings.Contains(out, tc.want) {
 				t.Errorf("run(%q) wrote %q, want one line with %q", tc.args, buf.String(), tc.want)
+			}
+		})
+	}
+}
+
+func TestTheClientRunsOnOneThreadUnlessToldOtherwise(t *testing.T) {
+	base := []string{"--fqdn=node.example", "--proxy-url=http://proxy.example:8080"}
+	for _, tc := range []struct {
+		name        string
+		args        []string
+		environment string // GOMAXPROCS
+		want        int
+	}{
+		{name: "by default", args: base, want: 1},
+		{name: "with the flag", args: append(base, "--runtime.gomaxprocs=4"), want: 4},
+		{name: "with 0, Go's choice", args: append(base, "--runtime.gomaxprocs=0"), want: 0},
+		{name: "with GOMAXPROCS in the environment", args: base, environment: "3", want: 0},
+		{name: "with the flag and GOMAXPROCS in the environment", args: append(base, "--runtime.gomaxprocs=2"), environment: "3", want: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("GOMAXPROCS", tc.environment)
+			if tc.environment == "" {
+				os.Unsetenv("GOMAXPROCS")
+			}
+			cfg, err := parseFlags(tc.args, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.maxProcs != tc.want {
+				t.Errorf("maxProcs = %d, want %d", cfg.maxProcs, tc.want)
 			}
 		})
 	}
