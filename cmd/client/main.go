@@ -64,14 +64,14 @@ type config struct {
 	tunnelPingInterval   time.Duration
 	shutdownTimeout      time.Duration
 	// maxProcs is the client's GOMAXPROCS; 0 leaves Go's choice.
-	maxProcs int
-	resolveInterval      time.Duration // how often --proxy.resolve-all resolves; zero means defaultResolveInterval; not a flag
-	refuseTimeout        time.Duration // bounds sending a scrape error; zero means defaultRefuseTimeout; not a flag
-	pollBodyMargin       time.Duration // added to the poll wait to bound a poll answer's body; zero means defaultPollBodyMargin; not a flag
-	labels               map[string]string
-	logLevel             string
-	logFormat            string
-	security             securityConfig
+	maxProcs        int
+	resolveInterval time.Duration // how often --proxy.resolve-all resolves; zero means defaultResolveInterval; not a flag
+	refuseTimeout   time.Duration // bounds sending a scrape error; zero means defaultRefuseTimeout; not a flag
+	pollBodyMargin  time.Duration // added to the poll wait to bound a poll answer's body; zero means defaultPollBodyMargin; not a flag
+	labels          map[string]string
+	logLevel        string
+	logFormat       string
+	security        securityConfig
 }
 
 // validate reports the first setting that cannot work.
