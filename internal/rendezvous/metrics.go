@@ -45,7 +45,7 @@ func newHubMetrics(h *Hub, maxClients int, reg prometheus.Registerer) *hubMetric
 type hubCollector struct {
 	hub                                          *Hub
 	clients, parked, connected, tunnels, targets *prometheus.Desc
-	clientConnected, clientLastSeen     *prometheus.Desc
+	clientConnected, clientLastSeen              *prometheus.Desc
 }
 
 func newHubCollector(h *Hub) *hubCollector {

@@ -84,7 +84,7 @@ type registry struct {
 	count      int
 	// targets counts the target registrations by the client that
 	// announced them (via).
-	targets map[string]int
+	targets    map[string]int
 	labelSets  map[string]*labelSet
 	labelBytes int
 	// idle lists the registrations without a live carrier, least
