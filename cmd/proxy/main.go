@@ -34,6 +34,7 @@ type config struct {
 	defaultTimeout      time.Duration
 	registrationTimeout time.Duration
 	maxClients          int
+	maxTargetsPerClient int
 	maxPushBytes        int64
 	shutdownTimeout     time.Duration
 	logLevel            string
@@ -67,6 +68,8 @@ func (c config) validate() error {
 		return errors.New("--registration.timeout must be positive")
 	case c.maxClients <= 0:
 		return errors.New("--registration.max-clients must be positive")
+	case c.maxTargetsPerClient <= 0:
+		return errors.New("--registration.max-targets-per-client must be positive")
 	case c.maxPushBytes <= 0:
 		return errors.New("--push.max-body-size must be positive")
 	case c.connectMaxPerClient <= 0 || c.connectMaxTotal <= 0:
@@ -97,6 +100,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		Default("5m").DurationVar(&cfg.registrationTimeout)
 	app.Flag("registration.max-clients", "Most clients (FQDN and label set) known at once; polls registering more get 429.").
 		Default("100000").IntVar(&cfg.maxClients)
+	app.Flag("registration.max-targets-per-client", "Most targets one client may answer for from its targets file (each counts among --registration.max-clients); more are refused with the reason.").
+		Default("1024").IntVar(&cfg.maxTargetsPerClient)
 	maxPushBytes := app.Flag("push.max-body-size", "Largest scrape answer a client may push (e.g. 512MiB).").
 		Default("1GiB").Bytes()
 	app.Flag("web.shutdown-timeout", "How long a stopping proxy waits for scrapes in flight.").
