@@ -14,8 +14,6 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -111,8 +109,11 @@ func (c config) validate() error {
 		return errors.New("--targets.max must be at least 1")
 	case c.targetsRefresh <= 0:
 		return errors.New("--targets.file.refresh-interval must be positive")
-	case c.targetsFile != "" && !slices.Contains(targetsFileExtensions, strings.ToLower(filepath.Ext(c.targetsFile))):
-		return fmt.Errorf("--targets.file must end in %s, which says its format", strings.Join(targetsFileExtensions, ", "))
+	}
+	if c.targetsFile != "" {
+		if err := checkTargetsFileName(c.targetsFile); err != nil {
+			return err
+		}
 	}
 	return c.validateSecurity()
 }

@@ -32,9 +32,15 @@ import (
 // (a log, a device) is not read whole.
 const maxTargetsFileBytes = 16 << 20
 
-// targetsFileExtensions are the formats of a targets file, by extension,
-// as Prometheus' file_sd reads them.
-var targetsFileExtensions = []string{".json", ".yml", ".yaml"}
+// checkTargetsFileName says why a targets file's name gives no format:
+// as Prometheus' file_sd, the extension says JSON or YAML.
+func checkTargetsFileName(name string) error {
+	switch strings.ToLower(filepath.Ext(name)) {
+	case ".json", ".yml", ".yaml":
+		return nil
+	}
+	return fmt.Errorf("--targets.file must end in .json, .yml or .yaml, which says its format, not %q", filepath.Base(name))
+}
 
 // target is one entry of a targets file.
 type target struct {

@@ -108,7 +108,7 @@ func TestABrokenTargetsFileKeepsThePreviousListAndIsReported(t *testing.T) {
 func TestTheTargetsFileMustSayItsFormat(t *testing.T) {
 	var out strings.Builder
 	_, err := parseFlags([]string{"--proxy-url=http://proxy:8080", "--fqdn=gw", "--targets.file=targets.txt"}, &out)
-	if err == nil || !strings.Contains(err.Error(), ".json, .yml, .yaml") {
+	if err == nil || !strings.Contains(err.Error(), ".json, .yml or .yaml") {
 		t.Errorf("parseFlags = %v, want the file refused for its extension", err)
 	}
 }

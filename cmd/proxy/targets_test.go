@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -15,6 +16,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -128,27 +130,73 @@ func (tp *testProxy) waitListed(t *testing.T, what string, want map[string]map[s
 	}
 }
 
-// transports are the ways a gateway reaches the proxy: a tunnel announcing
-// its targets, and polls (one per target) to a proxy that refuses tunnels,
-// as the reference proxy does.
-var transports = []struct {
+// gatewayTransport is a way a gateway reaches the proxy.
+type gatewayTransport struct {
 	name string
 	args []string
+	// says is what the gateway logs on this transport.
+	says string
 	// front returns the URL the client and Prometheus use for tp.
 	front func(t *testing.T, tp *testProxy) string
-}{
-	{"tunnel", []string{"--proxy.transport=tunnel"}, func(_ *testing.T, tp *testProxy) string { return tp.srv.URL }},
-	{"polls to a proxy without tunnels", []string{"--proxy.transport=auto"}, func(t *testing.T, tp *testProxy) string {
-		old := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path == "/tunnel" {
-				http.NotFound(w, r)
-				return
-			}
-			tp.proxy.ServeHTTP(w, r)
-		}))
-		t.Cleanup(old.Close)
-		return old.URL
-	}},
+}
+
+// gatewayTransports are a tunnel announcing its targets; polls (one per
+// target) to a proxy that refuses tunnels, as the reference proxy does;
+// and polls for the targets beside a tunnel of a proxy that takes no
+// targets on tunnels, as proxies before targets files.
+func gatewayTransports() []gatewayTransport {
+	return []gatewayTransport{
+		{"tunnel", []string{"--proxy.transport=tunnel"}, `msg="targets announced"`, func(_ *testing.T, tp *testProxy) string { return tp.srv.URL }},
+		{"polls to a proxy without tunnels", []string{"--proxy.transport=auto"}, `msg="proxy offers no tunnel, polling instead"`, func(t *testing.T, tp *testProxy) string {
+			old := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/tunnel" {
+					http.NotFound(w, r)
+					return
+				}
+				tp.proxy.ServeHTTP(w, r)
+			}))
+			t.Cleanup(old.Close)
+			return old.URL
+		}},
+		{"polls beside a tunnel of a proxy that takes no targets on it", []string{"--proxy.transport=tunnel"}, `msg="proxy takes no targets on tunnels, polling for them"`, func(t *testing.T, tp *testProxy) string {
+			old := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/tunnel" {
+					w = noTargetsHeader{w}
+				}
+				tp.proxy.ServeHTTP(w, r)
+			}))
+			t.Cleanup(old.Close)
+			return old.URL
+		}},
+	}
+}
+
+// noTargetsHeader is the ResponseWriter of a proxy whose tunnel handshake
+// does not say that it takes targets: the header is cut from the 101.
+type noTargetsHeader struct{ http.ResponseWriter }
+
+func (w noTargetsHeader) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, rw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	return &cutFirstWrite{Conn: conn, cut: util.HeaderTargets + ": " + util.TargetsVersion + "\r\n"}, rw, err
+}
+
+// cutFirstWrite removes cut from the first write on its connection.
+type cutFirstWrite struct {
+	net.Conn
+	cut  string
+	once sync.Once
+}
+
+func (c *cutFirstWrite) Write(b []byte) (int, error) {
+	first := false
+	c.once.Do(func() { first = true })
+	if !first {
+		return c.Conn.Write(b)
+	}
+	if _, err := c.Conn.Write([]byte(strings.Replace(string(b), c.cut, "", 1))); err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }
 
 // startGateway runs the real client as gw.example with the targets file
@@ -161,7 +209,7 @@ func startGateway(t *testing.T, front, path string, args ...string) *testbin.Pro
 }
 
 func TestOneClientServesTargetsOnOtherLoopbackAddressesListedWithTheirLabels(t *testing.T) {
-	for _, transport := range transports {
+	for _, transport := range gatewayTransports() {
 		t.Run(transport.name, func(t *testing.T) {
 			tp := startProxy(t, defaultConfig())
 			front := transport.front(t, tp)
@@ -171,7 +219,7 @@ func TestOneClientServesTargetsOnOtherLoopbackAddressesListedWithTheirLabels(t *
 			writeTargets(t, path, targetsJSON(t,
 				group{Targets: []string{a}, Labels: map[string]string{"site": "a"}},
 				group{Targets: []string{b}, Labels: map[string]string{"site": "b", "region": "us"}}))
-			startGateway(t, front, path, transport.args...)
+			startGateway(t, front, path, transport.args...).WaitForOutput(regexp.MustCompile(transport.says))
 			tp.waitListed(t, "the gateway's targets", map[string]map[string]string{
 				a: {"site": "a", "region": "eu"},
 				b: {"site": "b", "region": "us"},
@@ -197,7 +245,7 @@ func TestOneClientServesTargetsOnOtherLoopbackAddressesListedWithTheirLabels(t *
 }
 
 func TestARewrittenTargetsFileChangesDiscoveryAndRoutingWhileAScrapeInFlightIsDelivered(t *testing.T) {
-	for _, transport := range transports {
+	for _, transport := range gatewayTransports() {
 		t.Run(transport.name, func(t *testing.T) {
 			cfg := defaultConfig()
 			// Polls of a withdrawn target just stop; the proxy forgets it
@@ -218,7 +266,7 @@ func TestARewrittenTargetsFileChangesDiscoveryAndRoutingWhileAScrapeInFlightIsDe
 			c, _ := startTargetOn(t, "127.0.0.4", "c 1\n", nil)
 			path := filepath.Join(t.TempDir(), "targets.yml")
 			writeTargets(t, path, fmt.Sprintf("- targets: ['%s']\n  labels: {site: slow}\n- targets: ['%s']\n  labels: {site: b}\n", slow, b))
-			startGateway(t, front, path, transport.args...)
+			startGateway(t, front, path, transport.args...).WaitForOutput(regexp.MustCompile(transport.says))
 			tp.waitListed(t, "the first targets", map[string]map[string]string{
 				slow: {"site": "slow", "region": "eu"},
 				b:    {"site": "b", "region": "eu"},
