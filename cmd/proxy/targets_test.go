@@ -351,3 +351,32 @@ func TestAnnouncedTargetsTheCertificateDoesNotNameAreRefusedWithTheReason(t *tes
 		t.Errorf("router.site.example:9116 refused: %v", answer.Refused)
 	}
 }
+
+func TestTheLandingPageAndMetricsShowTheTargetsOfEachClient(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	session, err := tp.hub.Attach(rendezvous.Client{FQDN: "gw.example"}, nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer session.Detach()
+	for _, err := range session.SetTargets([]rendezvous.Target{
+		{Name: "nas.example:9100", Host: "nas.example"},
+		{Name: "nas.example:9633", Host: "nas.example", Labels: map[string]string{"exporter": "smart"}},
+	}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, _, page := getBody(t, tp.srv.URL+"/")
+	if code != http.StatusOK {
+		t.Fatalf("landing page answered %d", code)
+	}
+	for _, want := range []string{"<td>gw.example</td><td>2</td>", "<td>nas.example:9100</td><td>via gw.example</td>", "<td>nas.example:9633</td><td>via gw.example</td>"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("landing page lacks %s", want)
+		}
+	}
+	if got := tp.gauge(t, "pushprox_proxy_targets", ""); got != 2 {
+		t.Errorf("pushprox_proxy_targets = %v, want 2", got)
+	}
+}
