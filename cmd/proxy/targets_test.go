@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -200,12 +201,15 @@ func (c *cutFirstWrite) Write(b []byte) (int, error) {
 }
 
 // startGateway runs the real client as gw.example with the targets file
-// at path, checked every 100ms, labelled region=eu.
+// at path, labelled region=eu, checking the file every 100ms unless args
+// say otherwise.
 func startGateway(t *testing.T, front, path string, args ...string) *testbin.Process {
 	t.Helper()
-	return testbin.Start(t, clientBinary, clientArgs("gw.example", front, append([]string{
-		"--targets.file=" + path, "--targets.file.refresh-interval=100ms", "--label=region=eu",
-	}, args...)...)...)
+	args = append([]string{"--targets.file=" + path, "--label=region=eu"}, args...)
+	if !slices.ContainsFunc(args, func(arg string) bool { return strings.HasPrefix(arg, "--targets.file.refresh-interval=") }) {
+		args = append(args, "--targets.file.refresh-interval=100ms")
+	}
+	return testbin.Start(t, clientBinary, clientArgs("gw.example", front, args...)...)
 }
 
 func TestOneClientServesTargetsOnOtherLoopbackAddressesListedWithTheirLabels(t *testing.T) {
@@ -378,5 +382,22 @@ func TestTheLandingPageAndMetricsShowTheTargetsOfEachClient(t *testing.T) {
 	}
 	if got := tp.gauge(t, "pushprox_proxy_targets", ""); got != 2 {
 		t.Errorf("pushprox_proxy_targets = %v, want 2", got)
+	}
+}
+
+func TestSIGHUPReloadsTheTargetsFileAtOnce(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	a, _ := startTargetOn(t, "127.0.0.2", "a 1\n", nil)
+	b, _ := startTargetOn(t, "127.0.0.3", "b 1\n", nil)
+	path := filepath.Join(t.TempDir(), "targets.json")
+	writeTargets(t, path, targetsJSON(t, group{Targets: []string{a}}))
+	// Checked for changes only hourly: the reload is SIGHUP's.
+	gateway := startGateway(t, tp.srv.URL, path, "--proxy.transport=tunnel", "--targets.file.refresh-interval=1h")
+	tp.waitListed(t, "the first target", map[string]map[string]string{a: {"region": "eu"}})
+	writeTargets(t, path, targetsJSON(t, group{Targets: []string{a, b}}))
+	gateway.Signal(syscall.SIGHUP)
+	tp.waitListed(t, "both targets after SIGHUP", map[string]map[string]string{a: {"region": "eu"}, b: {"region": "eu"}})
+	if r := scrapeThrough(context.Background(), tp.srv.URL, "http://"+b+"/metrics", "10"); r.err != nil || r.status != http.StatusOK || r.body != "b 1\n" {
+		t.Errorf("scrape of the target added on SIGHUP: %d %q %v", r.status, r.body, r.err)
 	}
 }
