@@ -151,3 +151,28 @@ func TestTargetsOfAnEndedTunnelStayKnownUntilTheRegistrationTimeout(t *testing.T
 		t.Errorf("%d registrations left after the registration timeout, want none", n)
 	}
 }
+
+func TestTwoTargetsOnOneHostAreTwoEntriesAndTheHostStaysRoutedUntilBothAreWithdrawn(t *testing.T) {
+	h := newTestHub(t, 10)
+	tunnel := newFakeTunnel()
+	session := attach(t, h, gateway(), tunnel, 1)
+	node := Target{Name: "nas:9100", Host: "nas", Labels: map[string]string{"exporter": "node"}}
+	smart := Target{Name: "nas:9633", Host: "nas", Labels: map[string]string{"exporter": "smart"}}
+	setTargets(t, session, node, smart)
+	targets := targetsOf(h)
+	if targets["nas:9100"].Labels["exporter"] != "node" || targets["nas:9633"].Labels["exporter"] != "smart" {
+		t.Fatalf("listed %+v, want both targets of nas with their own labels", targets)
+	}
+	setTargets(t, session, smart)
+	scraped := h.startScrape(context.Background(), h.newScrape("a", "nas"))
+	tunnel.next(t).answer("smart")
+	finish(t, "a scrape of nas with one target left", scraped, "smart")
+	setTargets(t, session)
+	ctx := newDeadlineCtx()
+	late := h.queue(t, ctx, h.newScrape("b", "nas"))
+	tunnel.idle(t)
+	ctx.Expire()
+	if _, err := await(t, "a scrape of nas with no target left", late); !errors.Is(err, ErrNoClient) {
+		t.Errorf("scrape of nas with no target left failed with %v, want ErrNoClient", err)
+	}
+}
