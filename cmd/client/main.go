@@ -248,11 +248,6 @@ func run(args []string, stderr io.Writer) int {
 	defer stop()
 	stopReloading := util.OnSIGHUP(ctx, logger, c.reload)
 	defer stopReloading()
-	if c.targets != nil {
-		watchCtx, stopWatching := context.WithCancel(ctx)
-		defer stopWatching()
-		go c.targets.watch(watchCtx, cfg.targetsRefresh, logger)
-	}
 	ln, err := net.Listen("tcp", cfg.metricsAddress)
 	if err != nil {
 		level.Error(logger).Log("msg", "cannot listen for metrics", "address", cfg.metricsAddress, "err", err)

@@ -52,13 +52,21 @@ const (
 	minCutWait = time.Second
 )
 
-// Run polls every proxy until ctx ends, then waits for scrapes in flight,
-// at most --web.shutdown-timeout, before cancelling them.
+// Run polls every proxy, and watches the targets file, until ctx ends;
+// then it waits for scrapes in flight, at most --web.shutdown-timeout,
+// before cancelling them.
 func (c *client) Run(ctx context.Context) {
 	// A scrape already taken is finished even when the client stops.
 	scrapeCtx, cancelScrapes := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelScrapes()
 	var loops sync.WaitGroup
+	if c.targets != nil {
+		loops.Add(1)
+		go func() {
+			defer loops.Done()
+			c.targets.watch(ctx, c.cfg.targetsRefresh, c.logger)
+		}()
+	}
 	for _, proxyURL := range c.cfg.proxyURLs {
 		loops.Add(1)
 		go func() {
@@ -97,8 +105,8 @@ func (c *client) drain(cancelScrapes context.CancelFunc) {
 	<-drained
 }
 
-// pollLoop polls one proxy as as, starting a scrape for each request it is given
-// under scrapeCtx and polling again at once. Failed polls are retried with
+// pollLoop polls one proxy as as, starting a scrape for each request it
+// is given under scrapeCtx and polling again at once. Failed polls are retried with
 // backoff; polls cut by a gateway are made again at once, with a shorter
 // wait.
 func (c *client) pollLoop(ctx, scrapeCtx context.Context, up *upstream, as pollAs) {
