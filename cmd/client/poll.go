@@ -106,9 +106,9 @@ func (c *client) drain(cancelScrapes context.CancelFunc) {
 }
 
 // pollLoop polls one proxy as as, starting a scrape for each request it
-// is given under scrapeCtx and polling again at once. Failed polls are retried with
-// backoff; polls cut by a gateway are made again at once, with a shorter
-// wait.
+// is given under scrapeCtx and polling again at once. Failed polls are
+// retried with backoff; polls cut by a gateway are made again at once,
+// with a shorter wait.
 func (c *client) pollLoop(ctx, scrapeCtx context.Context, up *upstream, as pollAs) {
 	logger := log.With(c.logger, "proxy", up.String())
 	if as.target != "" {
