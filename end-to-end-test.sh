@@ -99,7 +99,7 @@ for tool in prometheus promtool prometheus-node-exporter curl jq openssl python3
   command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
 
-mapfile -t PORTS < <(free_ports 14)
+mapfile -t PORTS < <(free_ports 17)
 NE_PORT=${PORTS[0]}
 NE_TLS_PORT=${PORTS[1]}
 PROXY_PORT=${PORTS[2]}
@@ -116,6 +116,11 @@ NGINX_WS_CLIENT_PORT=${PORTS[11]}
 readonly NGINX_READ_TIMEOUT=3
 BLACKBOX_PORT=${PORTS[12]}
 HANGING_PORT=${PORTS[13]}
+# One gateway client for a site: node exporters on two other loopback
+# addresses, listed in its targets file.
+GW_CLIENT_PORT=${PORTS[14]}
+NE_SITE_A_PORT=${PORTS[15]}
+NE_SITE_B_PORT=${PORTS[16]}
 PROXY_URL="http://127.0.0.1:$PROXY_PORT"
 LOCKED_PROXY_URL="https://127.0.0.1:$LOCKED_PROXY_PORT"
 log "ports: node-exporter=$NE_PORT node-exporter-tls=$NE_TLS_PORT proxy=$PROXY_PORT client=$CLIENT_PORT prometheus=$PROM_PORT"
@@ -262,7 +267,24 @@ while True:
 
 node_exporter_args() {
   echo --collector.disable-defaults --collector.loadavg --collector.meminfo \
-    --web.listen-address="127.0.0.1:$1"
+    --web.listen-address="${2:-127.0.0.1}:$1"
+}
+
+# The gateway's targets file: each group's labels are merged over the
+# gateway's own --label.
+write_gateway_targets() {
+  cat >"$TMP_DIR/gateway-targets.yml" <<EOF
+- targets: ['127.0.0.2:$NE_SITE_A_PORT']
+  labels: {site: branch-a, exporter: node}
+- targets: ['127.0.0.3:$NE_SITE_B_PORT']
+  labels: {site: branch-b, exporter: node}
+EOF
+}
+
+# gateway_targets_listed: /clients lists both targets of the gateway.
+gateway_targets_listed() {
+  curl -fsS --max-time 2 "$PROXY_URL/clients?label=exporter=node" 2>/dev/null |
+    jq -e 'length == 2' >/dev/null
 }
 
 write_prometheus_config() {
@@ -337,6 +359,13 @@ scrape_configs:
       target: ['http://127.0.0.1:$HANGING_PORT/']
     static_configs:
       - targets: ['$FQDN:$BLACKBOX_PORT']
+  # One gateway client for a site: /clients lists each target of its
+  # targets file as host:port with its labels, so no relabelling is needed.
+  - job_name: gateway
+    proxy_url: $PROXY_URL/
+    http_sd_configs:
+      - url: $PROXY_URL/clients?label=exporter=node
+        refresh_interval: 5s
   - job_name: noclient
     proxy_url: $PROXY_URL/
     static_configs:
@@ -410,6 +439,7 @@ make_certs
 write_locked_configs
 write_nginx_config
 write_blackbox_config
+write_gateway_targets
 
 # shellcheck disable=SC2046 # word splitting of the fixed argument list is intended
 start_bg node-exporter prometheus-node-exporter $(node_exporter_args "$NE_PORT")
@@ -431,6 +461,14 @@ start_bg locked-client "$CLIENT_BIN" --fqdn="$FQDN" --proxy-url="$LOCKED_PROXY_U
   --scrape.tls.cacert="$TMP_DIR/tls/ca.crt" --scrape.allow="$FQDN:$NE_AUTH_PORT/metrics" \
   --metrics-addr="127.0.0.1:$LOCKED_CLIENT_PORT" --web.config.file="$TMP_DIR/locked-client-web.yml" \
   --log.level=debug
+
+# shellcheck disable=SC2046
+start_bg node-exporter-site-a prometheus-node-exporter $(node_exporter_args "$NE_SITE_A_PORT" 127.0.0.2)
+# shellcheck disable=SC2046
+start_bg node-exporter-site-b prometheus-node-exporter $(node_exporter_args "$NE_SITE_B_PORT" 127.0.0.3)
+start_bg client-gateway "$CLIENT_BIN" --fqdn=gateway.e2e --proxy-url="$PROXY_URL" \
+  --targets.file="$TMP_DIR/gateway-targets.yml" --label=gateway=gw1 \
+  --metrics-addr="127.0.0.1:$GW_CLIENT_PORT" --log.level=debug
 
 start_hanging_target
 start_bg blackbox prometheus-blackbox-exporter --config.file="$TMP_DIR/blackbox.yml" \
@@ -456,8 +494,13 @@ log "client registered"
 wait_for 20 locked_client_registered ||
   die "locked-down client did not show up in $LOCKED_PROXY_URL/clients"
 log "locked-down client registered"
+wait_for 20 gateway_targets_listed ||
+  die "the gateway's targets did not show up in $PROXY_URL/clients"
+log "gateway targets: $(curl -fsS --max-time 2 "$PROXY_URL/clients?label=exporter=node")"
 
-curl -fsS --max-time 5 "$PROXY_URL/clients" >"$TMP_DIR/clients.json" ||
+# The gateway's entries have a job of their own, so the filesd job, which
+# relabels every entry to the node exporter's port, leaves them out.
+curl -fsS --max-time 5 "$PROXY_URL/clients" | jq '[.[] | select(.labels.gateway == null)]' >"$TMP_DIR/clients.json" ||
   die "could not fetch $PROXY_URL/clients"
 log "clients.json: $(cat "$TMP_DIR/clients.json")"
 
@@ -490,6 +533,12 @@ check_query 'up{job="nginx-ws"} == 1 (a tunnel through nginx)' 30 'up{job="nginx
 check_query 'blackbox probe of a hanging target through the proxy: up == 1' 30 'up{job="blackbox"}' "$ALL_ONE"
 check_query 'blackbox probe of a hanging target through the proxy: probe_success == 0' 10 \
   'probe_success{job="blackbox"} == 0' "$NON_EMPTY"
+check_query 'one gateway client: up{job="gateway"} == 1 for the node exporter of site branch-a on 127.0.0.2' 30 \
+  "up{job=\"gateway\",instance=\"127.0.0.2:$NE_SITE_A_PORT\",site=\"branch-a\",gateway=\"gw1\"}" "$ALL_ONE"
+check_query 'one gateway client: up{job="gateway"} == 1 for the node exporter of site branch-b on 127.0.0.3' 10 \
+  "up{job=\"gateway\",instance=\"127.0.0.3:$NE_SITE_B_PORT\",site=\"branch-b\",gateway=\"gw1\"}" "$ALL_ONE"
+check_query 'one gateway client: node_exporter_build_info of both sites' 10 \
+  'count(node_exporter_build_info{job="gateway"}) == 2' "$NON_EMPTY"
 check 'up{job="noclient"} == 0 with lastError' 20 noclient_down_with_error
 log "noclient lastError: $(target_info noclient | jq -r '.[0].lastError // "<none>"' 2>/dev/null || true)"
 

@@ -117,7 +117,8 @@ func WriteTunnelAccept(w io.Writer, r *http.Request) error {
 	_, err := io.WriteString(w, "HTTP/1.1 101 Switching Protocols\r\n"+
 		"Upgrade: websocket\r\nConnection: Upgrade\r\n"+
 		headerWebSocketAccept+": "+webSocketAccept(r.Header.Get(headerWebSocketKey))+"\r\n"+
-		headerWebSocketProtocol+": "+tunnelProtocolOf(r.Header)+"\r\n\r\n")
+		headerWebSocketProtocol+": "+tunnelProtocolOf(r.Header)+"\r\n"+
+		HeaderTargets+": "+TargetsVersion+"\r\n\r\n")
 	return err
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -39,6 +40,7 @@ type client struct {
 	labels       string // the labels header sent with each poll
 	lookupHost   func(ctx context.Context, host string) ([]string, error)
 	connected    atomic.Int64 // proxies whose last poll succeeded
+	targets      *targetsFile // the targets file; nil without --targets.file
 	// answerWriters recycles the buffered writers of tunnel answers, so
 	// that a scrape does not allocate one of answerBufferSize bytes.
 	answerWriters sync.Pool
@@ -73,6 +75,15 @@ func newClient(cfg config, logger log.Logger, reg prometheus.Registerer) (*clien
 	c.proxyClient = c.newProxyClient("")
 	if file := cfg.security.webConfigFile; file != "" {
 		c.onReload("web config", func() error { return validateWebConfig(file) })
+	}
+	if cfg.targetsFile != "" {
+		if c.targets, err = newTargetsFile(cfg.targetsFile, cfg.labels, cfg.targetsMax, c.metrics); err != nil {
+			return nil, fmt.Errorf("--targets.file: %w", err)
+		}
+		c.onReload("targets file", func() error {
+			_, err := c.targets.refresh(true)
+			return err
+		})
 	}
 	return c, nil
 }

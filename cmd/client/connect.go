@@ -65,8 +65,8 @@ func (c *client) connectAddress(target string) (string, error) {
 	if err != nil || port == "" {
 		return "", fmt.Errorf("connect refused: target %q is not host:port", target)
 	}
-	if !sameHost(host, c.cfg.fqdn) {
-		return "", fmt.Errorf("connect refused: target host %q is not this client's FQDN %q", host, c.cfg.fqdn)
+	if !c.answersFor(host, port) {
+		return "", fmt.Errorf("connect refused: %w", c.errNotATarget(host, port))
 	}
 	if c.cfg.allowPort != "*" && port != c.cfg.allowPort {
 		return "", fmt.Errorf("connect refused: port %s is not allowed, only %s", port, c.cfg.allowPort)
@@ -74,8 +74,8 @@ func (c *client) connectAddress(target string) (string, error) {
 	if err := c.cfg.security.scrapeAllow.checkAddress(host, port); err != nil {
 		return "", err
 	}
-	if c.cfg.useLocalhost {
-		host = "127.0.0.1"
+	if c.cfg.useLocalhost && sameHost(host, c.cfg.fqdn) {
+		host = localhost
 	}
 	return net.JoinHostPort(host, port), nil
 }

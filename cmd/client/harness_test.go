@@ -36,6 +36,8 @@ func testConfig(proxy *url.URL, fqdn string) config {
 		tunnelPingInterval:   15 * time.Second,
 		logLevel:             "info",
 		logFormat:            "logfmt",
+		targetsMax:           1024,
+		targetsRefresh:       5 * time.Second,
 	}
 }
 

@@ -69,6 +69,9 @@ type config struct {
 	refuseTimeout   time.Duration // bounds sending a scrape error; zero means defaultRefuseTimeout; not a flag
 	pollBodyMargin  time.Duration // added to the poll wait to bound a poll answer's body; zero means defaultPollBodyMargin; not a flag
 	labels          map[string]string
+	targetsFile     string
+	targetsMax      int
+	targetsRefresh  time.Duration
 	logLevel        string
 	logFormat       string
 	security        securityConfig
@@ -107,6 +110,15 @@ func (c config) validate() error {
 		return errors.New("--web.shutdown-timeout must not be negative")
 	case c.maxProcs < 0:
 		return errors.New("--runtime.gomaxprocs must not be negative")
+	case c.targetsMax < 1:
+		return errors.New("--targets.max must be at least 1")
+	case c.targetsRefresh <= 0:
+		return errors.New("--targets.file.refresh-interval must be positive")
+	}
+	if c.targetsFile != "" {
+		if err := checkTargetsFileName(c.targetsFile); err != nil {
+			return err
+		}
 	}
 	return c.validateSecurity()
 }
@@ -151,6 +163,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		BoolVar(&cfg.proxyResolveAll)
 	app.Flag("label", "Label name=value announced to the proxy for service discovery; repeatable (in the environment, one per line).").
 		StringsVar(&labels)
+	app.Flag("targets.file", "File of host:port targets the client also answers for, each with its labels, in Prometheus' file_sd format (JSON or YAML by extension); re-read when it changes and on SIGHUP.").
+		StringVar(&cfg.targetsFile)
+	app.Flag("targets.max", "Most targets the targets file may list; each is a poll loop per proxy on the poll transport, and an entry the proxy keeps.").
+		Default("1024").IntVar(&cfg.targetsMax)
+	app.Flag("targets.file.refresh-interval", "How often the targets file is checked for changes.").
+		Default("5s").DurationVar(&cfg.targetsRefresh)
 	app.Flag("web.shutdown-timeout", "How long a stopping client waits for scrapes in flight before cancelling them.").
 		Default("15s").DurationVar(&cfg.shutdownTimeout)
 	var maxProcsSet bool

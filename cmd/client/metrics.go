@@ -21,6 +21,10 @@ type metrics struct {
 	pollCuts       prometheus.Counter
 	scrapeDuration prometheus.Histogram
 	transport      *prometheus.GaugeVec
+	// Of the targets file (--targets.file).
+	targets           prometheus.Gauge
+	targetsReloadOK   prometheus.Gauge
+	targetsReloadTime prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -51,6 +55,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "pushprox_client_transport",
 			Help: "1 for the transport scrapes are carried on (poll or tunnel), 0 for the other.",
 		}, []string{"transport"}),
+		targets: factory.NewGauge(prometheus.GaugeOpts{
+			Name: "pushprox_client_targets",
+			Help: "Number of targets of the targets file the client answers for besides its own FQDN.",
+		}),
+		targetsReloadOK: factory.NewGauge(prometheus.GaugeOpts{
+			Name: "pushprox_client_targets_last_reload_successful",
+			Help: "1 if the targets file parsed when last read, 0 if not (the previous targets are then kept).",
+		}),
+		targetsReloadTime: factory.NewGauge(prometheus.GaugeOpts{
+			Name: "pushprox_client_targets_last_reload_success_timestamp_seconds",
+			Help: "Unix time the targets in force were read from the targets file.",
+		}),
 	}
 	m.setTransport("")
 	return m

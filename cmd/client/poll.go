@@ -52,13 +52,21 @@ const (
 	minCutWait = time.Second
 )
 
-// Run polls every proxy until ctx ends, then waits for scrapes in flight,
-// at most --web.shutdown-timeout, before cancelling them.
+// Run polls every proxy, and watches the targets file, until ctx ends;
+// then it waits for scrapes in flight, at most --web.shutdown-timeout,
+// before cancelling them.
 func (c *client) Run(ctx context.Context) {
 	// A scrape already taken is finished even when the client stops.
 	scrapeCtx, cancelScrapes := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelScrapes()
 	var loops sync.WaitGroup
+	if c.targets != nil {
+		loops.Add(1)
+		go func() {
+			defer loops.Done()
+			c.targets.watch(ctx, c.cfg.targetsRefresh, c.logger)
+		}()
+	}
 	for _, proxyURL := range c.cfg.proxyURLs {
 		loops.Add(1)
 		go func() {
@@ -97,12 +105,15 @@ func (c *client) drain(cancelScrapes context.CancelFunc) {
 	<-drained
 }
 
-// pollLoop polls one proxy, starting a scrape for each request it is given
-// under scrapeCtx and polling again at once. Failed polls are retried with
-// backoff; polls cut by a gateway are made again at once, with a shorter
-// wait.
-func (c *client) pollLoop(ctx, scrapeCtx context.Context, up *upstream) {
+// pollLoop polls one proxy as as, starting a scrape for each request it
+// is given under scrapeCtx and polling again at once. Failed polls are
+// retried with backoff; polls cut by a gateway are made again at once,
+// with a shorter wait.
+func (c *client) pollLoop(ctx, scrapeCtx context.Context, up *upstream, as pollAs) {
 	logger := log.With(c.logger, "proxy", up.String())
+	if as.target != "" {
+		logger = log.With(logger, "target", as.target)
+	}
 	retry := newBackoff(c.cfg.retryInitialWait, c.cfg.retryMaxWait)
 	wait := c.cfg.pollWait
 	connected := false
@@ -120,7 +131,7 @@ func (c *client) pollLoop(ctx, scrapeCtx context.Context, up *upstream) {
 	defer setConnected(false)
 	for ctx.Err() == nil {
 		start := time.Now()
-		req, err := c.poll(ctx, up, wait)
+		req, err := c.poll(ctx, up, wait, as)
 		held := time.Since(start)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -230,20 +241,24 @@ func isGatewayCut(err error) bool {
 	return false
 }
 
-// poll asks a proxy for a scrape, preferring to wait at most wait (zero:
+// poll asks a proxy for a scrape as as, preferring to wait at most wait (zero:
 // as long as the proxy likes). It returns nil without error when the proxy
 // had none within the poll's wait.
-func (c *client) poll(ctx context.Context, up *upstream, wait time.Duration) (*http.Request, error) {
+func (c *client) poll(ctx context.Context, up *upstream, wait time.Duration, as pollAs) (*http.Request, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pollURL := util.ResolveProxyPath(up.url, util.PollPath)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, pollURL.String(), strings.NewReader(c.cfg.fqdn))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, pollURL.String(), strings.NewReader(as.fqdn))
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "text/plain")
-	if c.labels != "" {
-		req.Header.Set(util.HeaderLabels, c.labels)
+	if as.labels != "" {
+		req.Header.Set(util.HeaderLabels, as.labels)
+	}
+	if as.target != "" {
+		req.Header.Set(util.HeaderTarget, as.target)
+		req.Header.Set(util.HeaderVia, c.cfg.fqdn)
 	}
 	if wait > 0 {
 		req.Header.Set(util.HeaderPrefer, "wait="+strconv.Itoa(int(wait/time.Second)))

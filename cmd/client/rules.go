@@ -30,15 +30,17 @@ const localhost = "127.0.0.1"
 
 // permit says why the client must not fetch u, if it must not: u must be an
 // http or https URL (https only with --token-path) of the client's own
-// FQDN, on the --allow-port, matching --scrape.allow.
+// FQDN or of a target of its targets file, on the --allow-port, matching
+// --scrape.allow.
 func (c *client) permit(u *url.URL) error {
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https", c.cfg.tokenPath != "" && u.Scheme != "https":
 		return fmt.Errorf("scheme %q", u.Scheme)
-	case !sameHost(u.Hostname(), c.cfg.fqdn):
-		return fmt.Errorf("target host %q is not this client's FQDN %q", u.Hostname(), c.cfg.fqdn)
 	}
 	port := portOr(u.Port(), u.Scheme)
+	if !c.answersFor(u.Hostname(), port) {
+		return c.errNotATarget(u.Hostname(), port)
+	}
 	if c.cfg.allowPort != "*" && port != c.cfg.allowPort {
 		return fmt.Errorf("port %s is not allowed, only %s", port, c.cfg.allowPort)
 	}
@@ -72,7 +74,7 @@ func (c *client) targetRequest(ctx context.Context, req *http.Request, timeout t
 	}
 	port := portOr(u.Port(), scheme)
 	host := u.Hostname()
-	if c.cfg.useLocalhost {
+	if c.cfg.useLocalhost && sameHost(host, c.cfg.fqdn) {
 		host = localhost
 	}
 	u.Host = net.JoinHostPort(host, port)
@@ -119,9 +121,13 @@ func (c *client) checkRedirect(req *http.Request, via []*http.Request) error {
 	if !sameHost(u.Hostname(), via[0].URL.Hostname()) {
 		return fmt.Errorf("redirect refused: host %q is not the target's, %q", u.Hostname(), via[0].URL.Hostname())
 	}
-	// The host is the one connected to: the FQDN, or 127.0.0.1 standing
-	// for it under --use-localhost.
-	u.Host = net.JoinHostPort(c.cfg.fqdn, portOr(u.Port(), u.Scheme))
+	// The host is the one connected to: a target's, or 127.0.0.1 standing
+	// for the FQDN under --use-localhost.
+	host := u.Hostname()
+	if c.cfg.useLocalhost && sameHost(host, localhost) {
+		host = c.cfg.fqdn
+	}
+	u.Host = net.JoinHostPort(host, portOr(u.Port(), u.Scheme))
 	if err := c.permit(&u); err != nil {
 		return fmt.Errorf("redirect refused: %w", err)
 	}

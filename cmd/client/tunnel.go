@@ -54,7 +54,7 @@ var errTunnelRefused = errors.New("proxy does not offer a tunnel")
 func (c *client) serveUpstream(ctx, scrapeCtx context.Context, up *upstream) {
 	if c.cfg.transport == transportPoll {
 		c.metrics.setTransport(transportPoll)
-		c.pollLoop(ctx, scrapeCtx, up)
+		c.pollAll(ctx, scrapeCtx, up)
 		return
 	}
 	logger := log.With(c.logger, "proxy", up.String())
@@ -69,7 +69,7 @@ func (c *client) serveUpstream(ctx, scrapeCtx context.Context, up *upstream) {
 			level.Info(logger).Log("msg", "proxy offers no tunnel, polling instead", "retry_tunnel_in", tunnelRetryInterval, "err", err)
 			c.metrics.setTransport(transportPoll)
 			pollCtx, cancel := context.WithTimeout(ctx, tunnelRetryInterval)
-			c.pollLoop(pollCtx, scrapeCtx, up)
+			c.pollAll(pollCtx, scrapeCtx, up)
 			cancel()
 			continue
 		}
@@ -129,6 +129,7 @@ func (c *client) runTunnel(ctx, scrapeCtx context.Context, up *upstream, logger 
 		return err
 	}
 	defer session.Close()
+	defer c.serveTargetsOnTunnel(ctx, scrapeCtx, up, session, resp, logger)()
 	level.Info(logger).Log("msg", "tunnel open")
 	c.metrics.setTransport(transportTunnel)
 	c.connected.Add(1)

@@ -109,7 +109,8 @@ func (p *proxy) clientOf(r *http.Request, rawFQDN string) (rendezvous.Client, er
 	if err := p.authorizePoll(r, fqdn); err != nil {
 		return rendezvous.Client{}, &clientError{http.StatusForbidden, err}
 	}
-	return rendezvous.Client{FQDN: fqdn, Labels: labels, Identity: requestIdentity(r)}, nil
+	client := rendezvous.Client{FQDN: fqdn, Labels: labels, Identity: requestIdentity(r)}
+	return client, p.pollTarget(r, &client)
 }
 
 // abandonPoll answers a poll whose connection looks gone. Usually nobody

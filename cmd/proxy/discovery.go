@@ -18,7 +18,8 @@ type clientGroup struct {
 }
 
 // handleClients lists the known clients as file_sd and http_sd target
-// groups, one group per client, written as they are encoded so that a
+// groups, one group per client and per target a client answers for from
+// its targets file (listed as the file writes it, host:port), written as they are encoded so that a
 // large fleet costs no more memory than a snapshot of it. Query parameters
 // label=name=value keep only clients with those labels.
 func (p *proxy) handleClients(w http.ResponseWriter, r *http.Request) {
@@ -43,7 +44,11 @@ func (p *proxy) handleClients(w http.ResponseWriter, r *http.Request) {
 			out.WriteByte(',')
 		}
 		first = false
-		group, err := json.Marshal(clientGroup{Targets: []string{discoveryTarget(client.FQDN)}, Labels: client.Labels})
+		target := client.Target
+		if target == "" {
+			target = discoveryTarget(client.FQDN)
+		}
+		group, err := json.Marshal(clientGroup{Targets: []string{target}, Labels: client.Labels})
 		if err != nil {
 			level.Debug(p.logger).Log("msg", "encoding client list failed", "err", err)
 			return

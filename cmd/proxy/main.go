@@ -36,6 +36,7 @@ type config struct {
 	maxClients          int
 	registrationRate    float64
 	registrationBurst   int
+	maxTargetsPerClient int
 	maxPushBytes        int64
 	shutdownTimeout     time.Duration
 	logLevel            string
@@ -71,6 +72,8 @@ func (c config) validate() error {
 		return errors.New("--registration.max-clients must be positive")
 	case c.registrationRate < 0 || c.registrationBurst < 0:
 		return errors.New("--registration.rate-per-source and --registration.burst-per-source must not be negative")
+	case c.maxTargetsPerClient <= 0:
+		return errors.New("--registration.max-targets-per-client must be positive")
 	case c.maxPushBytes <= 0:
 		return errors.New("--push.max-body-size must be positive")
 	case c.connectMaxPerClient <= 0 || c.connectMaxTotal <= 0:
@@ -108,6 +111,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		Default("100").Float64Var(&cfg.registrationRate)
 	app.Flag("registration.burst-per-source", "New clients one source address may register at once before --registration.rate-per-source applies. 0 turns the limit off.").
 		Default("1000").IntVar(&cfg.registrationBurst)
+
+	app.Flag("registration.max-targets-per-client", "Most targets one client may answer for from its targets file (each counts among --registration.max-clients); more are refused with the reason.").
+		Default("1024").IntVar(&cfg.maxTargetsPerClient)
 	maxPushBytes := app.Flag("push.max-body-size", "Largest scrape answer a client may push (e.g. 512MiB).").
 		Default("1GiB").Bytes()
 	app.Flag("web.shutdown-timeout", "How long a stopping proxy waits for scrapes in flight.").

@@ -36,6 +36,7 @@ func defaultConfig() config {
 		defaultTimeout:      15 * time.Second,
 		registrationTimeout: 5 * time.Minute,
 		maxClients:          1000,
+		maxTargetsPerClient: 1024,
 		maxPushBytes:        64 << 20,
 		shutdownTimeout:     5 * time.Second,
 		tunnelPingInterval:  15 * time.Second,

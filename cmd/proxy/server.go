@@ -43,6 +43,7 @@ func newProxy(cfg config, logger log.Logger, reg prometheus.Registerer, gatherer
 		hub: rendezvous.New(rendezvous.Config{
 			RegistrationTimeout: cfg.registrationTimeout,
 			MaxClients:          cfg.maxClients,
+			MaxTargetsPerClient: cfg.maxTargetsPerClient,
 			Now:                 cfg.clock,
 		}, logger, reg),
 		metrics:  newMetrics(reg),

@@ -110,8 +110,14 @@ func (p *proxy) handleTunnel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	level.Debug(p.logger).Log("msg", "tunnel attached", "fqdn", client.FQDN, "capacity", capacity, "remote", r.RemoteAddr)
+	targetsDone := make(chan struct{})
+	go func() {
+		defer close(targetsDone)
+		p.serveTargets(session, attached, r, client.FQDN)
+	}()
 	<-session.CloseChan()
 	attached.Detach()
+	<-targetsDone
 	level.Debug(p.logger).Log("msg", "tunnel closed", "fqdn", client.FQDN, "remote", r.RemoteAddr)
 }
 

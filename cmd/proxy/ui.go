@@ -44,8 +44,8 @@ var landingPage = template.Must(template.New("landing").Parse(`<!DOCTYPE html>
 <h2>Clients ({{.Total}})</h2>
 {{if .Clients}}<p>Showing {{.First}}–{{.Last}}.{{if .Prev}} <a href="/?page={{.Prev}}">Previous</a>{{end}}{{if .Next}} <a href="/?page={{.Next}}">Next</a>{{end}}</p>
 <table>
-<tr><th>FQDN</th><th>Labels</th><th>Transport</th><th>Connections</th><th>Last contact</th><th>Recent scrapes (oldest first)</th></tr>
-{{range .Clients}}<tr><td>{{.FQDN}}</td><td>{{.Labels}}</td><td>{{.Transport}}</td><td>{{.Connections}}</td><td>{{.LastContact}}</td><td>{{.Outcomes}}</td></tr>
+<tr><th>FQDN or target</th><th>Targets</th><th>Labels</th><th>Transport</th><th>Connections</th><th>Last contact</th><th>Recent scrapes (oldest first)</th></tr>
+{{range .Clients}}<tr><td>{{.FQDN}}</td><td>{{.Targets}}</td><td>{{.Labels}}</td><td>{{.Transport}}</td><td>{{.Connections}}</td><td>{{.LastContact}}</td><td>{{.Outcomes}}</td></tr>
 {{end}}</table>{{else}}<p>No client has polled within the registration timeout.</p>{{end}}
 </body>
 </html>
@@ -53,7 +53,10 @@ var landingPage = template.Must(template.New("landing").Parse(`<!DOCTYPE html>
 
 // clientRow is a client as the landing page shows it.
 type clientRow struct {
-	FQDN        string
+	FQDN string
+	// Targets is, for a client, how many targets it answers for from its
+	// targets file; for a target, which client announced it.
+	Targets     string
 	Labels      string
 	Transport   string
 	Connections int
@@ -61,7 +64,8 @@ type clientRow struct {
 	Outcomes    string
 }
 
-// handleLandingPage shows a page of the known clients, with their labels,
+// handleLandingPage shows a page of the known clients and the targets they
+// answer for, with their labels,
 // transport, the age of their last contact and their recent scrape
 // outcomes.
 func (p *proxy) handleLandingPage(w http.ResponseWriter, r *http.Request) {
@@ -78,8 +82,13 @@ func (p *proxy) handleLandingPage(w http.ResponseWriter, r *http.Request) {
 		if !client.Connected() {
 			lastContact = now.Sub(client.LastSeen).Truncate(time.Second).String() + " ago"
 		}
+		name, targets := client.FQDN, strconv.Itoa(client.Targets)
+		if client.Target != "" {
+			name, targets = client.Target, "via "+client.Via
+		}
 		rows = append(rows, clientRow{
-			FQDN:        client.FQDN,
+			FQDN:        name,
+			Targets:     targets,
 			Labels:      formatLabels(client.Labels),
 			Transport:   client.Transport,
 			Connections: client.Polls + client.Tunnels,

@@ -5,9 +5,11 @@
 // FQDN. A carrier is a client connection that can take scrapes for an FQDN:
 // a parked long poll (Poll), which takes one scrape and is then gone, or a
 // tunnel (Attach), one long-lived connection that carries many scrapes at
-// once, each as a stream of its own. A Hub routes each scrape to a live
-// carrier of its FQDN (tunnels with a free slot first, then the oldest
-// parked poll), or queues it until one comes, within the scrape's context.
+// once, each as a stream of its own. A tunnel may also carry the scrapes of
+// targets its client announces (Session.SetTargets), routed by their
+// hosts. A Hub routes each scrape to a live carrier of its FQDN (tunnels
+// with a free slot first, then the oldest parked poll), or queues it until
+// one comes, within the scrape's context.
 //
 // # Concurrency contract
 //

@@ -13,6 +13,11 @@ var (
 	ErrTooManyClients = errors.New("too many clients registered (--registration.max-clients)")
 	// ErrTooManyLabelSets: an FQDN has too many label sets registered.
 	ErrTooManyLabelSets = fmt.Errorf("too many label sets registered for this FQDN (at most %d within the registration timeout)", MaxLabelSetsPerFQDN)
+	// ErrTooManyTargets: a client announced more targets than it may
+	// (--registration.max-targets-per-client).
+	ErrTooManyTargets = errors.New("too many targets announced by this client (--registration.max-targets-per-client)")
+	// ErrDetached: the tunnel announcing targets has ended.
+	ErrDetached = errors.New("tunnel has ended")
 	// ErrNoClient: no client of the FQDN was ever heard from in time.
 	ErrNoClient = errors.New("no client connected")
 	// ErrClientIdle: a client of the FQDN is known but no carrier of it

@@ -1,6 +1,7 @@
 package rendezvous
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -29,6 +30,9 @@ type Config struct {
 	RegistrationTimeout time.Duration
 	// MaxClients bounds the registrations (FQDN and label set) kept.
 	MaxClients int
+	// MaxTargetsPerClient bounds the targets one client announces (see
+	// Client.Target); zero means DefaultMaxTargetsPerClient.
+	MaxTargetsPerClient int
 	// Now tells the time of registrations; nil means time.Now. Tests
 	// replace it with a fake clock.
 	Now func() time.Time
@@ -84,7 +88,7 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) *Hub {
 		tunnels:  map[string][]*Session{},
 		inflight: map[string]*Scrape{},
 		ended:    map[string]time.Time{},
-		registry: newRegistry(cfg.RegistrationTimeout, cfg.MaxClients),
+		registry: newRegistry(cfg.RegistrationTimeout, cfg.MaxClients, cmp.Or(cfg.MaxTargetsPerClient, DefaultMaxTargetsPerClient)),
 		drained:  make(chan struct{}),
 	}
 	h.metrics = newHubMetrics(h, cfg.MaxClients, reg)
@@ -311,18 +315,21 @@ func (h *Hub) releaseSlotLocked(session *Session) {
 	h.fillLocked(session)
 }
 
-// fillLocked hands queued scrapes to the free slots of a tunnel.
+// fillLocked hands queued scrapes of the hosts a tunnel answers for to
+// its free slots.
 func (h *Hub) fillLocked(session *Session) {
-	for !session.detached && !h.closing && session.active < session.capacity {
-		// A scrape this tunnel did not take stays queued for others.
-		s, ok := h.queue.popWhere(session.fqdn,
-			func(s *Scrape) bool { return s.ctx.Err() == nil },
-			func(s *Scrape) bool { return !tried(s, session) })
-		if !ok {
-			return
+	for host := range session.hosts {
+		for !session.detached && !h.closing && session.active < session.capacity {
+			// A scrape this tunnel did not take stays queued for others.
+			s, ok := h.queue.popWhere(host,
+				func(s *Scrape) bool { return s.ctx.Err() == nil },
+				func(s *Scrape) bool { return !tried(s, session) })
+			if !ok {
+				break
+			}
+			h.reserveLocked(s, session)
+			s.events <- event{session: session}
 		}
-		h.reserveLocked(s, session)
-		s.events <- event{session: session}
 	}
 }
 

@@ -43,9 +43,9 @@ func newHubMetrics(h *Hub, maxClients int, reg prometheus.Registerer) *hubMetric
 
 // hubCollector exports gauges read from one snapshot of the hub's state.
 type hubCollector struct {
-	hub                                 *Hub
-	clients, parked, connected, tunnels *prometheus.Desc
-	clientConnected, clientLastSeen     *prometheus.Desc
+	hub                                          *Hub
+	clients, parked, connected, tunnels, targets *prometheus.Desc
+	clientConnected, clientLastSeen              *prometheus.Desc
 }
 
 func newHubCollector(h *Hub) *hubCollector {
@@ -53,6 +53,8 @@ func newHubCollector(h *Hub) *hubCollector {
 		hub: h,
 		clients: prometheus.NewDesc("pushprox_proxy_clients",
 			"Number of known clients.", nil, nil),
+		targets: prometheus.NewDesc("pushprox_proxy_targets",
+			"Number of known targets that clients answer for from their targets files; each also counts among pushprox_proxy_clients.", nil, nil),
 		parked: prometheus.NewDesc("pushprox_proxy_parked_polls",
 			"Number of client polls parked, waiting for a scrape.", nil, nil),
 		connected: prometheus.NewDesc("pushprox_proxy_clients_connected",
@@ -67,7 +69,7 @@ func newHubCollector(h *Hub) *hubCollector {
 }
 
 func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.clients, c.parked, c.connected, c.tunnels, c.clientConnected, c.clientLastSeen} {
+	for _, d := range []*prometheus.Desc{c.clients, c.targets, c.parked, c.connected, c.tunnels, c.clientConnected, c.clientLastSeen} {
 		ch <- d
 	}
 }
@@ -83,7 +85,7 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	h := c.hub
 	h.mu.Lock()
 	now := h.now()
-	known, connectedPoll, connectedTunnel, tunnels := 0, 0, 0, 0
+	known, targets, connectedPoll, connectedTunnel, tunnels := 0, 0, 0, 0, 0
 	perFQDN := map[string]*fqdnState{}
 	for fqdn, byLabels := range h.registry.byFQDN {
 		for _, r := range byLabels {
@@ -91,13 +93,19 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 				continue
 			}
 			known++
+			if r.target != "" {
+				targets++
+			}
 			switch {
 			case r.tunnels > 0:
 				connectedTunnel++
 			case r.polls > 0:
 				connectedPoll++
 			}
-			tunnels += r.tunnels
+			if r.target == "" {
+				// A tunnel also counts on each of its targets; it is one.
+				tunnels += r.tunnels
+			}
 			state := perFQDN[fqdn]
 			if state == nil {
 				if len(perFQDN) >= maxClientSeries {
@@ -125,6 +133,7 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	h.mu.Unlock()
 
 	ch <- prometheus.MustNewConstMetric(c.clients, prometheus.GaugeValue, float64(known))
+	ch <- prometheus.MustNewConstMetric(c.targets, prometheus.GaugeValue, float64(targets))
 	ch <- prometheus.MustNewConstMetric(c.parked, prometheus.GaugeValue, float64(parked))
 	ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, float64(connectedPoll), TransportPoll)
 	ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, float64(connectedTunnel), TransportTunnel)

@@ -2,6 +2,7 @@ package rendezvous
 
 import (
 	"container/list"
+	"fmt"
 	"sort"
 	"strings"
 	"time"
@@ -20,6 +21,12 @@ const MaxLabelSetsPerFQDN = 64
 // 400 MiB of labels alone.
 const maxLabelBytes = 64 << 20
 
+// DefaultMaxTargetsPerClient bounds the targets one client may announce
+// (Config.MaxTargetsPerClient) when the configuration names no bound: each
+// is a registration of its own, and one gateway must not take the whole
+// of MaxClients.
+const DefaultMaxTargetsPerClient = 1024
+
 // recentOutcomes is how many scrape outcomes are kept per registration for
 // the landing page.
 const recentOutcomes = 10
@@ -31,9 +38,12 @@ const (
 )
 
 // registration is one client as the hub knows it: an FQDN with a label
-// set. Its fields are guarded by Hub.mu.
+// set, or a target a client answers for (see Client.Target). Its fields
+// are guarded by Hub.mu.
 type registration struct {
 	fqdn      string
+	target    string // host:port as listed, or empty for a client's own name
+	via       string // the FQDN of the client that announced target
 	labels    *labelSet
 	lastSeen  time.Time // last contact; while connected, refreshed when read
 	polls     int       // polls of it being served now
@@ -69,8 +79,12 @@ type labelSet struct {
 type registry struct {
 	timeout    time.Duration
 	maxClients int
-	byFQDN     map[string]map[string]*registration // by FQDN, then label key
+	maxTargets int                                 // per announcing client (via)
+	byFQDN     map[string]map[string]*registration // by FQDN, then registrationKey
 	count      int
+	// targets counts the target registrations by the client that
+	// announced them (via).
+	targets    map[string]int
 	labelSets  map[string]*labelSet
 	labelBytes int
 	// idle lists the registrations without a live carrier, least
@@ -78,11 +92,13 @@ type registry struct {
 	idle *list.List
 }
 
-func newRegistry(timeout time.Duration, maxClients int) registry {
+func newRegistry(timeout time.Duration, maxClients, maxTargets int) registry {
 	return registry{
 		timeout:    timeout,
 		maxClients: maxClients,
+		maxTargets: maxTargets,
 		byFQDN:     map[string]map[string]*registration{},
+		targets:    map[string]int{},
 		labelSets:  map[string]*labelSet{},
 		idle:       list.New(),
 	}
@@ -92,7 +108,8 @@ func newRegistry(timeout time.Duration, maxClients int) registry {
 // registry first forgets the least recently seen client without a live
 // carrier. created says whether it is new.
 func (g *registry) find(c Client, now time.Time) (r *registration, created bool, err error) {
-	key := util.LabelsKey(c.Labels)
+	labelsKey := util.LabelsKey(c.Labels)
+	key := registrationKey(c.Target, labelsKey)
 	byLabels := g.byFQDN[c.FQDN]
 	if r := byLabels[key]; r != nil {
 		return r, false, nil
@@ -100,7 +117,10 @@ func (g *registry) find(c Client, now time.Time) (r *registration, created bool,
 	if len(byLabels) >= MaxLabelSetsPerFQDN {
 		return nil, false, ErrTooManyLabelSets
 	}
-	set := g.labelSets[key]
+	if c.Target != "" && g.targets[c.Via] >= g.maxTargets {
+		return nil, false, fmt.Errorf("%w: at most %d", ErrTooManyTargets, g.maxTargets)
+	}
+	set := g.labelSets[labelsKey]
 	size := 0
 	if set == nil {
 		size = len(util.EncodeLabels(c.Labels))
@@ -109,15 +129,15 @@ func (g *registry) find(c Client, now time.Time) (r *registration, created bool,
 		if !g.evictIdle() {
 			return nil, false, ErrTooManyClients
 		}
-		set = g.labelSets[key] // eviction may have dropped it
+		set = g.labelSets[labelsKey] // eviction may have dropped it
 		if set == nil {
 			size = len(util.EncodeLabels(c.Labels))
 		}
 	}
 	byLabels = g.byFQDN[c.FQDN] // eviction may have dropped it too
 	if set == nil {
-		set = &labelSet{key: key, labels: c.Labels, bytes: size}
-		g.labelSets[key] = set
+		set = &labelSet{key: labelsKey, labels: c.Labels, bytes: size}
+		g.labelSets[labelsKey] = set
 		g.labelBytes += size
 	}
 	set.refs++
@@ -126,6 +146,10 @@ func (g *registry) find(c Client, now time.Time) (r *registration, created bool,
 		g.byFQDN[c.FQDN] = byLabels
 	}
 	r = &registration{fqdn: c.FQDN, labels: set, lastSeen: now}
+	if c.Target != "" {
+		r.target, r.via = c.Target, c.Via
+		g.targets[c.Via]++
+	}
 	byLabels[key] = r
 	g.count++
 	r.idle = g.idle.PushBack(r)
@@ -177,15 +201,26 @@ func (g *registry) forget(r *registration) {
 		r.idle = nil
 	}
 	byLabels := g.byFQDN[r.fqdn]
-	delete(byLabels, r.labels.key)
+	delete(byLabels, registrationKey(r.target, r.labels.key))
 	if len(byLabels) == 0 {
 		delete(g.byFQDN, r.fqdn)
+	}
+	if r.target != "" {
+		if g.targets[r.via]--; g.targets[r.via] == 0 {
+			delete(g.targets, r.via)
+		}
 	}
 	g.count--
 	if r.labels.refs--; r.labels.refs == 0 {
 		delete(g.labelSets, r.labels.key)
 		g.labelBytes -= r.labels.bytes
 	}
+}
+
+// registrationKey names a registration among those of its FQDN: a target
+// and a client's own name with the same labels are two registrations.
+func registrationKey(target, labelsKey string) string {
+	return target + "\x00" + labelsKey
 }
 
 // alive says whether r counts as known: a live carrier is contact, however
@@ -220,9 +255,15 @@ func (g *registry) collect(now time.Time) []*registration {
 	return gone
 }
 
-// ClientStatus is a snapshot of one known client.
+// ClientStatus is a snapshot of one known client, or of a target a
+// client announced.
 type ClientStatus struct {
-	FQDN      string
+	FQDN string
+	// Target is host:port as the announcing client (Via) lists it, or
+	// empty for a client's own name.
+	Target    string
+	Via       string
+	Targets   int               // targets a client of this FQDN announced
 	Labels    map[string]string // shared: read only
 	LastSeen  time.Time
 	Polls     int // polls of it being served now
@@ -266,8 +307,15 @@ func (g *registry) list(now time.Time, offset, limit int) []ClientStatus {
 			if r.connected() {
 				lastSeen = now
 			}
+			targets := 0
+			if r.target == "" {
+				targets = g.targets[r.fqdn]
+			}
 			out = append(out, ClientStatus{
 				FQDN:      r.fqdn,
+				Target:    r.target,
+				Via:       r.via,
+				Targets:   targets,
 				Labels:    r.labels.labels,
 				LastSeen:  lastSeen,
 				Polls:     r.polls,

@@ -2,8 +2,11 @@ package rendezvous
 
 import (
 	"sync"
+	"time"
 
 	"github.com/go-kit/log/level"
+
+	"github.com/rancher/pushprox/util"
 )
 
 // Session is a tunnel attached to the hub: a carrier of up to its capacity
@@ -22,6 +25,20 @@ type Session struct {
 	// streams counts the byte streams (CONNECT) open on the tunnel now;
 	// guarded by hub.mu.
 	streams int
+	// hosts counts the names the tunnel answers for by host: its own FQDN
+	// and the hosts of its targets. The session is among hub.tunnels of
+	// each. Guarded by hub.mu.
+	hosts map[string]int
+	// targets holds the registrations of the announced targets by name;
+	// guarded by hub.mu.
+	targets map[string]*registration
+}
+
+// Target is a name a tunnel's client answers for besides its own FQDN.
+type Target struct {
+	Name   string // host:port, as the client lists it; distinct per call
+	Host   string // the host of Name, by which scrapes are routed
+	Labels map[string]string
 }
 
 // Stream picks a tunnel of a client of fqdn for a byte stream (a CONNECT),
@@ -93,10 +110,101 @@ func (h *Hub) Attach(c Client, t Tunnel, capacity int) (*Session, error) {
 	h.registry.connect(r, TransportTunnel, now)
 	h.metrics.connects.WithLabelValues(TransportTunnel).Inc()
 	level.Debug(h.logger).Log("msg", "client registered", "fqdn", c.FQDN, "transport", TransportTunnel)
-	session := &Session{hub: h, client: c, fqdn: c.FQDN, reg: r, tunnel: t, capacity: max(capacity, 1)}
-	h.tunnels[c.FQDN] = append(h.tunnels[c.FQDN], session)
+	session := &Session{hub: h, client: c, fqdn: c.FQDN, reg: r, tunnel: t, capacity: max(capacity, 1), hosts: map[string]int{}}
+	session.addHostLocked(c.FQDN)
 	h.fillLocked(session)
 	return session, nil
+}
+
+// SetTargets makes targets the whole set of names the tunnel answers for
+// besides its client's own FQDN, replacing the previous set: names no
+// longer listed are withdrawn at once (scrapes already on the tunnel
+// finish), new ones registered and routed to it. The result holds, for
+// each target, nil or why it was refused (ErrTooManyTargets,
+// ErrTooManyClients, ErrTooManyLabelSets, ErrDetached).
+func (s *Session) SetTargets(targets []Target) []error {
+	h := s.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	errs := make([]error, len(targets))
+	if s.detached || h.closing {
+		for i := range errs {
+			errs[i] = ErrDetached
+		}
+		return errs
+	}
+	now := h.now()
+	next := make(map[string]*registration, len(targets))
+	var added []int
+	for i, t := range targets {
+		if r := s.targets[t.Name]; r != nil && r.labels.key == util.LabelsKey(t.Labels) {
+			next[t.Name] = r
+			continue
+		}
+		added = append(added, i)
+	}
+	// Withdrawals come first, so that the room they free counts.
+	for name, r := range s.targets {
+		if next[name] != r {
+			s.withdrawLocked(r, now)
+		}
+	}
+	for _, i := range added {
+		t := targets[i]
+		c := Client{FQDN: NormalFQDN(t.Host), Labels: t.Labels, Identity: s.client.Identity, Target: t.Name, Via: s.fqdn}
+		r, _, err := h.registry.find(c, now)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		h.registry.connect(r, TransportTunnel, now)
+		s.addHostLocked(r.fqdn)
+		next[t.Name] = r
+	}
+	s.targets = next
+	h.fillLocked(s)
+	return errs
+}
+
+// withdrawLocked ends the tunnel's announcement of the target r. A target
+// no other carrier serves is forgotten at once, not kept as an idle
+// client: it was withdrawn, not cut off.
+func (s *Session) withdrawLocked(r *registration, now time.Time) {
+	h := s.hub
+	h.registry.disconnect(r, TransportTunnel, now)
+	if !r.connected() {
+		h.registry.forget(r)
+	}
+	s.removeHostLocked(r.fqdn)
+}
+
+// addHostLocked routes scrapes of host to the session.
+func (s *Session) addHostLocked(host string) {
+	if s.hosts[host]++; s.hosts[host] == 1 {
+		s.hub.tunnels[host] = append(s.hub.tunnels[host], s)
+	}
+}
+
+// removeHostLocked stops routing scrapes of host to the session once no
+// name of it has that host.
+func (s *Session) removeHostLocked(host string) {
+	if s.hosts[host]--; s.hosts[host] > 0 {
+		return
+	}
+	delete(s.hosts, host)
+	h := s.hub
+	sessions := h.tunnels[host]
+	for i, other := range sessions {
+		if other == s {
+			sessions = append(sessions[:i:i], sessions[i+1:]...)
+			break
+		}
+	}
+	if len(sessions) == 0 {
+		delete(h.tunnels, host)
+	} else {
+		h.tunnels[host] = sessions
+	}
 }
 
 // Detach stops new scrapes from going to the tunnel; those on it finish.
@@ -108,17 +216,16 @@ func (s *Session) Detach() {
 		return
 	}
 	s.detached = true
-	sessions := h.tunnels[s.fqdn]
-	for i, other := range sessions {
-		if other == s {
-			sessions = append(sessions[:i:i], sessions[i+1:]...)
-			break
-		}
+	now := h.now()
+	for host := range s.hosts {
+		s.hosts[host] = 1
+		s.removeHostLocked(host)
 	}
-	if len(sessions) == 0 {
-		delete(h.tunnels, s.fqdn)
-	} else {
-		h.tunnels[s.fqdn] = sessions
+	h.registry.disconnect(s.reg, TransportTunnel, now)
+	// The targets of a tunnel that ended stay known for the registration
+	// timeout, as its client does.
+	for _, r := range s.targets {
+		h.registry.disconnect(r, TransportTunnel, now)
 	}
-	h.registry.disconnect(s.reg, TransportTunnel, h.now())
+	s.targets = nil
 }

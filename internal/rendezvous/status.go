@@ -64,8 +64,14 @@ func (h *Hub) Stats() Stats {
 			}
 		}
 	}
-	for _, sessions := range h.tunnels {
-		st.Tunnels += len(sessions)
+	for host, sessions := range h.tunnels {
+		// A tunnel is listed under each host it answers for; it counts
+		// once, under its own.
+		for _, session := range sessions {
+			if session.fqdn == host {
+				st.Tunnels++
+			}
+		}
 	}
 	return st
 }

@@ -14,6 +14,13 @@ type Client struct {
 	FQDN     string
 	Labels   map[string]string
 	Identity string
+	// Target, when set, says that the client answers for FQDN on behalf
+	// of another host, as a gateway does for the targets in its targets
+	// file: it is the name discovery lists, host:port as the client
+	// writes it. Via is then the client's own FQDN, by which the targets
+	// it announced are counted and shown.
+	Target string
+	Via    string
 }
 
 // Scrape is one Prometheus request for a target. The caller fills in the

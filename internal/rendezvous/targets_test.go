@@ -1,0 +1,178 @@
+package rendezvous
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/go-kit/log"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// gateway is a client that announces targets on its tunnel.
+func gateway() Client { return client("gw.example") }
+
+func targetsOf(h *testHub) map[string]ClientStatus {
+	out := map[string]ClientStatus{}
+	for _, c := range h.Clients(0, 0) {
+		if c.Target != "" {
+			out[c.Target] = c
+		}
+	}
+	return out
+}
+
+func setTargets(t *testing.T, s *Session, targets ...Target) {
+	t.Helper()
+	for i, err := range s.SetTargets(targets) {
+		if err != nil {
+			t.Fatalf("target %s refused: %v", targets[i].Name, err)
+		}
+	}
+}
+
+func TestATunnelCarriesScrapesOfTheHostsOfTheTargetsItAnnounced(t *testing.T) {
+	h := newTestHub(t, 10)
+	tunnel := newFakeTunnel()
+	session := attach(t, h, gateway(), tunnel, 2)
+	setTargets(t, session,
+		Target{Name: "127.0.0.2:9100", Host: "127.0.0.2", Labels: map[string]string{"site": "a"}},
+		Target{Name: "Printer.example:9100", Host: "Printer.example", Labels: map[string]string{"site": "b"}})
+	targets := targetsOf(h)
+	if got := targets["127.0.0.2:9100"]; got.Via != "gw.example" || got.Labels["site"] != "a" || got.FQDN != "127.0.0.2" {
+		t.Errorf("127.0.0.2:9100 listed as %+v, want via gw.example with site=a", got)
+	}
+	if got := targets["Printer.example:9100"]; got.FQDN != "printer.example" || got.Labels["site"] != "b" {
+		t.Errorf("Printer.example:9100 listed as %+v, want host printer.example with site=b", got)
+	}
+	for _, c := range h.Clients(0, 0) {
+		if c.Target == "" && c.Targets != 2 {
+			t.Errorf("the gateway's own entry counts %d targets, want 2", c.Targets)
+		}
+	}
+	if st := h.Stats(); st.Tunnels != 1 || st.Clients != 3 {
+		t.Errorf("stats = %+v, want one tunnel and three registrations", st)
+	}
+	scraped := h.startScrape(context.Background(), h.newScrape("a", "printer.example."))
+	tunnel.next(t).answer("printer")
+	finish(t, "scrape of the printer", scraped, "printer")
+}
+
+func TestAWithdrawnTargetIsForgottenAtOnceWhileItsScrapeInFlightFinishes(t *testing.T) {
+	h := newTestHub(t, 10)
+	tunnel := newFakeTunnel()
+	session := attach(t, h, gateway(), tunnel, 2)
+	setTargets(t, session,
+		Target{Name: "127.0.0.2:9100", Host: "127.0.0.2"},
+		Target{Name: "127.0.0.3:9100", Host: "127.0.0.3"})
+	inFlight := h.startScrape(context.Background(), h.newScrape("a", "127.0.0.2"))
+	call := tunnel.next(t)
+	setTargets(t, session, Target{Name: "127.0.0.3:9100", Host: "127.0.0.3"})
+	if _, listed := targetsOf(h)["127.0.0.2:9100"]; listed {
+		t.Errorf("127.0.0.2:9100 still listed after it was withdrawn")
+	}
+	call.answer("a")
+	finish(t, "the scrape in flight", inFlight, "a")
+
+	ctx := newDeadlineCtx()
+	late := h.queue(t, ctx, h.newScrape("b", "127.0.0.2"))
+	tunnel.idle(t)
+	ctx.Expire()
+	if _, err := await(t, "the scrape of the withdrawn target", late); !errors.Is(err, ErrNoClient) {
+		t.Errorf("scrape of a withdrawn target failed with %v, want ErrNoClient", err)
+	}
+}
+
+func TestChangedLabelsReplaceATargetsEntry(t *testing.T) {
+	h := newTestHub(t, 10)
+	session := attach(t, h, gateway(), newFakeTunnel(), 1)
+	setTargets(t, session, Target{Name: "127.0.0.2:9100", Host: "127.0.0.2", Labels: map[string]string{"env": "test"}})
+	setTargets(t, session, Target{Name: "127.0.0.2:9100", Host: "127.0.0.2", Labels: map[string]string{"env": "prod"}})
+	var entries []ClientStatus
+	for _, c := range h.Clients(0, 0) {
+		if c.Target == "127.0.0.2:9100" {
+			entries = append(entries, c)
+		}
+	}
+	if len(entries) != 1 || entries[0].Labels["env"] != "prod" {
+		t.Errorf("entries of 127.0.0.2:9100 = %+v, want one with env=prod", entries)
+	}
+}
+
+func TestAnAddedTargetTakesTheScrapesQueuedForItsHost(t *testing.T) {
+	h := newTestHub(t, 10)
+	tunnel := newFakeTunnel()
+	session := attach(t, h, gateway(), tunnel, 1)
+	queued := h.queue(t, context.Background(), h.newScrape("a", "127.0.0.4"))
+	setTargets(t, session, Target{Name: "127.0.0.4:9100", Host: "127.0.0.4"})
+	tunnel.next(t).answer("a")
+	finish(t, "the queued scrape", queued, "a")
+}
+
+func TestTargetsBeyondTheBoundAreRefusedWithTheReasonAndTheOthersServed(t *testing.T) {
+	clock := newFakeClock()
+	hub := New(Config{RegistrationTimeout: registrationTimeout, MaxClients: 10, MaxTargetsPerClient: 2, Now: clock.Now}, log.NewNopLogger(), prometheus.NewRegistry())
+	t.Cleanup(hub.Close)
+	h := &testHub{Hub: hub, clock: clock}
+	session := attach(t, h, gateway(), newFakeTunnel(), 1)
+	errs := session.SetTargets([]Target{
+		{Name: "a:1", Host: "a"}, {Name: "b:1", Host: "b"}, {Name: "c:1", Host: "c"},
+	})
+	if errs[0] != nil || errs[1] != nil || !errors.Is(errs[2], ErrTooManyTargets) {
+		t.Fatalf("SetTargets = %v, want the third refused with ErrTooManyTargets", errs)
+	}
+	// Withdrawing one makes room for another in the same announcement.
+	errs = session.SetTargets([]Target{{Name: "b:1", Host: "b"}, {Name: "c:1", Host: "c"}})
+	if errs[0] != nil || errs[1] != nil {
+		t.Fatalf("SetTargets after a withdrawal = %v, want both taken", errs)
+	}
+	// A poll for a further target of the same client is refused too.
+	_, err := h.Poll(context.Background(), Client{FQDN: "d", Target: "d:1", Via: "gw.example"}, 0)
+	if !errors.Is(err, ErrTooManyTargets) {
+		t.Errorf("poll of a third target = %v, want ErrTooManyTargets", err)
+	}
+}
+
+func TestTargetsOfAnEndedTunnelStayKnownUntilTheRegistrationTimeout(t *testing.T) {
+	h := newTestHub(t, 10)
+	session := attach(t, h, gateway(), newFakeTunnel(), 1)
+	setTargets(t, session, Target{Name: "127.0.0.2:9100", Host: "127.0.0.2"})
+	session.Detach()
+	if errs := session.SetTargets([]Target{{Name: "127.0.0.3:9100", Host: "127.0.0.3"}}); !errors.Is(errs[0], ErrDetached) {
+		t.Errorf("SetTargets after Detach = %v, want ErrDetached", errs)
+	}
+	if _, listed := targetsOf(h)["127.0.0.2:9100"]; !listed {
+		t.Errorf("the target of a tunnel just cut is no longer listed")
+	}
+	h.clock.Advance(registrationTimeout + time.Second)
+	h.CollectGarbage()
+	if n := len(h.Clients(0, 0)); n != 0 {
+		t.Errorf("%d registrations left after the registration timeout, want none", n)
+	}
+}
+
+func TestTwoTargetsOnOneHostAreTwoEntriesAndTheHostStaysRoutedUntilBothAreWithdrawn(t *testing.T) {
+	h := newTestHub(t, 10)
+	tunnel := newFakeTunnel()
+	session := attach(t, h, gateway(), tunnel, 1)
+	node := Target{Name: "nas:9100", Host: "nas", Labels: map[string]string{"exporter": "node"}}
+	smart := Target{Name: "nas:9633", Host: "nas", Labels: map[string]string{"exporter": "smart"}}
+	setTargets(t, session, node, smart)
+	targets := targetsOf(h)
+	if targets["nas:9100"].Labels["exporter"] != "node" || targets["nas:9633"].Labels["exporter"] != "smart" {
+		t.Fatalf("listed %+v, want both targets of nas with their own labels", targets)
+	}
+	setTargets(t, session, smart)
+	scraped := h.startScrape(context.Background(), h.newScrape("a", "nas"))
+	tunnel.next(t).answer("smart")
+	finish(t, "a scrape of nas with one target left", scraped, "smart")
+	setTargets(t, session)
+	ctx := newDeadlineCtx()
+	late := h.queue(t, ctx, h.newScrape("b", "nas"))
+	tunnel.idle(t)
+	ctx.Expire()
+	if _, err := await(t, "a scrape of nas with no target left", late); !errors.Is(err, ErrNoClient) {
+		t.Errorf("scrape of nas with no target left failed with %v, want ErrNoClient", err)
+	}
+}

@@ -1,0 +1,134 @@
+package util
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestParseTargetTakesHostAndPortAndRefusesTheRest(t *testing.T) {
+	for _, tc := range []struct {
+		raw, name, host string
+		ok              bool
+	}{
+		{" 127.0.0.2:9100\n", "127.0.0.2:9100", "127.0.0.2", true},
+		{"Printer.example.:161", "Printer.example.:161", "Printer.example.", true},
+		{"[::1]:9100", "[::1]:9100", "::1", true},
+		{"node1", "", "", false},
+		{"node1:0", "", "", false},
+		{"node1:65536", "", "", false},
+		{"node1:http", "", "", false},
+		{"-bad:9100", "", "", false},
+		{"a b:9100", "", "", false},
+		{":9100", "", "", false},
+	} {
+		name, host, err := ParseTarget(tc.raw)
+		if (err == nil) != tc.ok || name != tc.name || host != tc.host {
+			t.Errorf("ParseTarget(%q) = %q, %q, %v; want %q, %q, ok %v", tc.raw, name, host, err, tc.name, tc.host, tc.ok)
+		}
+	}
+}
+
+func TestCheckLabelsAppliesTheLimitsOfTheLabelsHeader(t *testing.T) {
+	if err := CheckLabels(map[string]string{"site": "a", "rack": "r1"}); err != nil {
+		t.Errorf("valid labels refused: %v", err)
+	}
+	for _, bad := range []map[string]string{
+		{"__address__": "x"},
+		{"bad-name": "x"},
+		{"big": strings.Repeat("x", MaxLabelValueBytes+1)},
+	} {
+		if err := CheckLabels(bad); err == nil {
+			t.Errorf("CheckLabels(%v) accepted", bad)
+		}
+	}
+	many := map[string]string{}
+	for i := 0; i <= MaxLabels; i++ {
+		many[strings.Repeat("l", i+1)] = "x"
+	}
+	if err := CheckLabels(many); err == nil {
+		t.Errorf("%d labels accepted", len(many))
+	}
+}
+
+func TestTargetsMessagesRoundTrip(t *testing.T) {
+	var stream bytes.Buffer
+	announced := Announcement{Targets: []AnnouncedTarget{
+		{Target: "127.0.0.2:9100", Labels: map[string]string{"site": "a"}},
+		{Target: "127.0.0.3:9100"},
+	}}
+	answer := AnnouncementAnswer{Refused: []RefusedTarget{{Target: "x:1", Reason: "no"}}}
+	if err := WriteTargetsMessage(&stream, announced); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteTargetsMessage(&stream, answer); err != nil {
+		t.Fatal(err)
+	}
+	var gotAnnounced Announcement
+	var gotAnswer AnnouncementAnswer
+	if err := ReadTargetsMessage(&stream, &gotAnnounced); err != nil || !reflect.DeepEqual(gotAnnounced, announced) {
+		t.Errorf("read %+v, %v; want %+v", gotAnnounced, err, announced)
+	}
+	if err := ReadTargetsMessage(&stream, &gotAnswer); err != nil || !reflect.DeepEqual(gotAnswer, answer) {
+		t.Errorf("read %+v, %v; want %+v", gotAnswer, err, answer)
+	}
+	if err := ReadTargetsMessage(&stream, &gotAnswer); !errors.Is(err, io.EOF) {
+		t.Errorf("read at the end of the stream: %v, want io.EOF", err)
+	}
+}
+
+func TestTargetsMessagesRefuseOversizedCutAndMalformedInput(t *testing.T) {
+	var huge [4]byte
+	binary.BigEndian.PutUint32(huge[:], MaxTargetsMessage+1)
+	for name, input := range map[string][]byte{
+		"oversized":  huge[:],
+		"cut length": {0, 0},
+		"cut body":   {0, 0, 0, 10, '{'},
+		"not JSON":   {0, 0, 0, 2, 'n', 'o'},
+	} {
+		var v Announcement
+		err := ReadTargetsMessage(bytes.NewReader(input), &v)
+		if err == nil || errors.Is(err, io.EOF) {
+			t.Errorf("%s: read gave %v, want an error other than io.EOF", name, err)
+		}
+	}
+	big := Announcement{Targets: []AnnouncedTarget{{Target: strings.Repeat("x", MaxTargetsMessage)}}}
+	if err := WriteTargetsMessage(io.Discard, big); err == nil {
+		t.Errorf("an oversized message was written")
+	}
+}
+
+// FuzzReadTargetsMessage feeds arbitrary control streams to the reader: it
+// must not panic, and what it reads must write back and read again the same.
+func FuzzReadTargetsMessage(f *testing.F) {
+	var seed bytes.Buffer
+	_ = WriteTargetsMessage(&seed, Announcement{Targets: []AnnouncedTarget{{Target: "a:1", Labels: map[string]string{"x": "y"}}}})
+	f.Add(seed.Bytes())
+	f.Add([]byte{0, 0, 0, 2, '{', '}'})
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, input []byte) {
+		var first Announcement
+		if err := ReadTargetsMessage(bytes.NewReader(input), &first); err != nil {
+			return
+		}
+		var again bytes.Buffer
+		if err := WriteTargetsMessage(&again, first); err != nil {
+			t.Fatalf("writing back %+v: %v", first, err)
+		}
+		// Compared as written: an empty label map and none write alike.
+		written := append([]byte(nil), again.Bytes()...)
+		var second Announcement
+		if err := ReadTargetsMessage(&again, &second); err != nil {
+			t.Fatalf("reading back %+v: %v", first, err)
+		}
+		var rewritten bytes.Buffer
+		_ = WriteTargetsMessage(&rewritten, second)
+		if !bytes.Equal(written, rewritten.Bytes()) {
+			t.Fatalf("read back %+v, want %+v", second, first)
+		}
+	})
+}
