@@ -116,6 +116,11 @@ func (c *client) runTunnel(ctx, scrapeCtx context.Context, up *upstream, logger 
 	if !accepted {
 		reason, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()
+		if resp.StatusCode == http.StatusTooManyRequests {
+			// A proxy that offers tunnels and is busy registering: asked
+			// again after the backoff, not polled for minutes.
+			return fmt.Errorf("tunnel request answered %s: %s", resp.Status, firstLine(reason))
+		}
 		return fmt.Errorf("%w: answered %s: %s", errTunnelRefused, resp.Status, firstLine(reason))
 	}
 	conn, ok := resp.Body.(io.ReadWriteCloser)

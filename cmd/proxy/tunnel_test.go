@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -72,6 +73,33 @@ func TestClientPollsAProxyThatRefusesTunnels(t *testing.T) {
 	r := scrapeThrough(context.Background(), old.URL, target.URL+"/metrics", "10")
 	if r.err != nil || r.status != http.StatusOK || r.body != "up 1\n" {
 		t.Fatalf("scrape: %d %q %v", r.status, r.body, r.err)
+	}
+}
+
+func TestAClientWhoseTunnelIsRateLimitedAsksForATunnelAgainInsteadOfPolling(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	var asked atomic.Int64
+	busy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/tunnel" && asked.Add(1) == 1 {
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "too many new clients from this source", http.StatusTooManyRequests)
+			return
+		}
+		tp.proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(busy.Close)
+	target := startTarget(t, "up 1\n")
+	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", busy.URL, "--proxy.transport=auto")...)
+	client.WaitForOutput(clientTunnelOpen)
+	tp.waitTunnels(t, 1)
+	if strings.Contains(client.Output(), "polling instead") {
+		t.Errorf("the client took a 429 for a proxy without tunnels:\n%s", client.Output())
+	}
+	if n := asked.Load(); n != 2 {
+		t.Errorf("the client asked for a tunnel %d times, want 2", n)
+	}
+	if r := scrapeThrough(context.Background(), busy.URL, target.URL+"/metrics", "10"); r.status != http.StatusOK {
+		t.Errorf("scrape: %d %q %v", r.status, r.body, r.err)
 	}
 }
 
