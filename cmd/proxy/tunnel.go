@@ -17,6 +17,13 @@ import (
 	"github.com/rancher/pushprox/util"
 )
 
+// tunnelAcceptBacklog bounds the streams a client may have opened on its
+// tunnel that the proxy has not accepted yet (yamux's AcceptBacklog, which
+// also bounds the streams the proxy opens that the client has not
+// acknowledged yet): the client opens one, and streams carrying scrapes
+// are reused, so few are opened at once.
+const tunnelAcceptBacklog = 16
+
 // maxTunnelConcurrency caps the scrapes at once a client may ask for on its
 // tunnel: each holds a stream window of util.TunnelStreamWindow bytes.
 const maxTunnelConcurrency = 256
@@ -94,31 +101,47 @@ func (p *proxy) handleTunnel(w http.ResponseWriter, r *http.Request) {
 		conn.Close()
 		return
 	}
-	session, err := yamux.Client(util.TunnelConn(util.BufferedConn{SpliceConn: conn, Reader: buffered.Reader}), util.TunnelConfig(p.cfg.tunnelPingInterval))
+	// net/http's read buffer is kept only when it holds bytes of the
+	// tunnel; yamux reads through a buffer of its own.
+	var tunnelConn io.ReadWriteCloser = conn
+	if buffered.Reader.Buffered() > 0 {
+		tunnelConn = util.BufferedConn{SpliceConn: conn, Reader: buffered.Reader}
+	}
+	cfg := util.TunnelConfig(p.cfg.tunnelPingInterval)
+	// The client opens one stream, for its targets (serveTargets); the
+	// default backlog would hold 256 pointers per tunnel for nothing.
+	cfg.AcceptBacklog = tunnelAcceptBacklog
+	session, err := yamux.Client(util.TunnelConn(tunnelConn), cfg)
 	if err != nil {
 		conn.Close()
 		return
 	}
-	defer p.tunnels.track(session)()
+	untrack := p.tunnels.track(session)
 	carrier := &tunnel{session: session, reuse: util.TunnelReusesStreams(r), idleLimit: capacity}
-	defer carrier.closeIdle()
 	attached, err := p.hub.Attach(client, carrier, capacity)
 	if err != nil {
 		p.metrics.countRegistrationRefused(err)
 		level.Warn(p.logger).Log("msg", "tunnel refused", "fqdn", client.FQDN, "err", err)
 		session.Close()
+		untrack()
 		return
 	}
 	level.Debug(p.logger).Log("msg", "tunnel attached", "fqdn", client.FQDN, "capacity", capacity, "remote", r.RemoteAddr)
-	targetsDone := make(chan struct{})
+	// The handler returns, so that net/http's request, response and
+	// connection state and the handler's stack are freed; a goroutine
+	// that starts small serves the tunnel. What authorising announced
+	// targets needs of the request is kept.
+	peer := &http.Request{TLS: r.TLS, RemoteAddr: r.RemoteAddr}
 	go func() {
-		defer close(targetsDone)
-		p.serveTargets(session, attached, r, client.FQDN)
+		defer untrack()
+		defer carrier.closeIdle()
+		// The client's streams (its targets) are served until the session
+		// ends.
+		p.serveTargets(session, attached, peer, client.FQDN)
+		<-session.CloseChan()
+		attached.Detach()
+		level.Debug(p.logger).Log("msg", "tunnel closed", "fqdn", client.FQDN, "remote", peer.RemoteAddr)
 	}()
-	<-session.CloseChan()
-	attached.Detach()
-	<-targetsDone
-	level.Debug(p.logger).Log("msg", "tunnel closed", "fqdn", client.FQDN, "remote", r.RemoteAddr)
 }
 
 // tunnel carries scrapes to a client on yamux streams: one stream each, or,
