@@ -48,6 +48,9 @@ type config struct {
 	connectMaxTotal     int
 	connectIdleTimeout  time.Duration
 
+	// idleStreamMemory bounds what idle tunnel streams hold; zero means
+	// defaultIdleStreamMemory; not a flag.
+	idleStreamMemory int64
 	// clock tells the time for client registrations; nil means time.Now.
 	// Tests replace it.
 	clock func() time.Time

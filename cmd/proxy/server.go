@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"net/http"
 	"sync"
@@ -24,6 +25,8 @@ type proxy struct {
 	metrics *metrics
 	mux     *http.ServeMux
 	tunnels tunnels
+	// idleStreams bounds the memory held by the tunnels' idle streams.
+	idleStreams *streamBudget
 	// connects counts CONNECT tunnels; connectsOpen those open now,
 	// against --connect.max-total.
 	connects     *connectMetrics
@@ -46,11 +49,12 @@ func newProxy(cfg config, logger log.Logger, reg prometheus.Registerer, gatherer
 			MaxTargetsPerClient: cfg.maxTargetsPerClient,
 			Now:                 cfg.clock,
 		}, logger, reg),
-		metrics:  newMetrics(reg),
-		mux:      http.NewServeMux(),
-		tunnels:  tunnels{open: map[*yamux.Session]struct{}{}},
-		connects: newConnectMetrics(reg),
-		limiter:  newSourceLimiter(cfg.registrationRate, cfg.registrationBurst, cfg.clock),
+		metrics:     newMetrics(reg),
+		mux:         http.NewServeMux(),
+		tunnels:     tunnels{open: map[*yamux.Session]struct{}{}},
+		idleStreams: &streamBudget{left: cmp.Or(cfg.idleStreamMemory, defaultIdleStreamMemory)},
+		connects:    newConnectMetrics(reg),
+		limiter:     newSourceLimiter(cfg.registrationRate, cfg.registrationBurst, cfg.clock),
 	}
 	p.mux.Handle("POST /poll", p.metrics.instrument("/poll", p.handlePoll))
 	p.mux.Handle("POST /push", p.metrics.instrument("/push", p.handlePush))

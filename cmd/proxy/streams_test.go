@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"io"
 	"net"
@@ -123,6 +124,8 @@ func TestTunnelStreams(t *testing.T) {
 		answer      func(n int64, w io.Writer, req *http.Request) bool
 		wantReuse   bool
 		wantStreams int64
+		// idleStreamMemory, when set, is the proxy's budget for idle streams.
+		idleStreamMemory int64
 	}{
 		{
 			name:      "a client reusing streams gets scrape after scrape on one stream, with lengths and in chunks",
@@ -156,6 +159,17 @@ func TestTunnelStreams(t *testing.T) {
 			wantStreams: 4,
 		},
 		{
+			name:      "with no memory left for idle streams, each scrape gets a stream of its own",
+			protocols: both,
+			answer: func(n int64, w io.Writer, req *http.Request) bool {
+				writeTestAnswer(w, req, "up 1\n", false)
+				return true
+			},
+			wantReuse:        true,
+			wantStreams:      4,
+			idleStreamMemory: idleStreamOverhead - 1,
+		},
+		{
 			name:      "a client of the first version gets a stream per scrape",
 			protocols: util.TunnelProtocol,
 			answer: func(n int64, w io.Writer, req *http.Request) bool {
@@ -167,7 +181,9 @@ func TestTunnelStreams(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tp := startProxy(t, defaultConfig())
+			cfg := defaultConfig()
+			cfg.idleStreamMemory = tc.idleStreamMemory
+			tp := startProxy(t, cfg)
 			var scrapes atomic.Int64
 			peer := dialStreamPeer(t, tp, "peer", tc.protocols, func(w io.Writer, req *http.Request) bool {
 				return tc.answer(scrapes.Add(1)-1, w, req)
@@ -187,6 +203,15 @@ func TestTunnelStreams(t *testing.T) {
 			if got := peer.opened.Load(); got != tc.wantStreams {
 				t.Errorf("the proxy opened %d streams for 4 scrapes, want %d", got, tc.wantStreams)
 			}
+			// The memory of idle streams is given back when the tunnel ends.
+			budget := cmp.Or(tc.idleStreamMemory, defaultIdleStreamMemory)
+			peer.session.Close()
+			tp.waitTunnels(t, 0)
+			waitFor(t, "the idle streams' memory to be given back", func() bool {
+				tp.proxy.idleStreams.mu.Lock()
+				defer tp.proxy.idleStreams.mu.Unlock()
+				return tp.proxy.idleStreams.left == budget
+			})
 		})
 	}
 }

@@ -117,7 +117,7 @@ func (p *proxy) handleTunnel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	untrack := p.tunnels.track(session)
-	carrier := &tunnel{session: session, reuse: util.TunnelReusesStreams(r), idleLimit: capacity}
+	carrier := &tunnel{session: session, reuse: util.TunnelReusesStreams(r), idleLimit: capacity, budget: p.idleStreams}
 	attached, err := p.hub.Attach(client, carrier, capacity)
 	if err != nil {
 		p.metrics.countRegistrationRefused(err)
@@ -155,6 +155,8 @@ type tunnel struct {
 	// idleLimit bounds the idle streams kept: the client's scrapes at
 	// once, as the hub never carries more on one tunnel.
 	idleLimit int
+	// budget bounds the memory of the idle streams of all tunnels.
+	budget *streamBudget
 
 	mu   sync.Mutex
 	idle []*tunnelStream // guarded by mu; the most recently used last
@@ -164,6 +166,52 @@ type tunnel struct {
 type tunnelStream struct {
 	stream  *yamux.Stream
 	answers *util.AnswerReader
+	// largest is the most bytes of one answer's body read from the stream:
+	// its receive buffer grows to hold what arrives at once.
+	largest int64
+	// cost is what the stream holds of the budget while idle.
+	cost int64
+}
+
+// defaultIdleStreamMemory bounds the memory held by the idle streams of
+// all tunnels: about 5 000 clients answering 2 KiB keep a stream each, or
+// about 250 answering 128 KiB; beyond, streams are closed after their
+// scrape, as in util.TunnelProtocol.
+const defaultIdleStreamMemory = 64 << 20
+
+// idleStreamOverhead is what an idle stream holds besides its receive
+// buffer: the answer reader's buffer, yamux's and the proxy's state.
+const idleStreamOverhead = 8 << 10
+
+// idleCost estimates the memory an idle stream holds: yamux keeps its
+// receive buffer, which grows to twice what arrived at once, at most a
+// stream window.
+func (ts *tunnelStream) idleCost() int64 {
+	return idleStreamOverhead + 2*min(ts.largest, util.TunnelStreamWindow)
+}
+
+// streamBudget is memory that idle streams may hold.
+type streamBudget struct {
+	mu   sync.Mutex
+	left int64 // guarded by mu
+}
+
+// take takes n bytes of the budget if it has them.
+func (b *streamBudget) take(n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if n > b.left {
+		return false
+	}
+	b.left -= n
+	return true
+}
+
+// give gives n bytes back to the budget.
+func (b *streamBudget) give(n int64) {
+	b.mu.Lock()
+	b.left += n
+	b.mu.Unlock()
 }
 
 // Carry writes the scrape request on a stream, an idle one when there is
@@ -235,6 +283,8 @@ func (t *tunnel) stream() (*tunnelStream, bool, error) {
 		t.idle[n-1] = nil
 		t.idle = t.idle[:n-1]
 		t.mu.Unlock()
+		t.budget.give(ts.cost)
+		ts.cost = 0
 		return ts, true, nil
 	}
 	t.mu.Unlock()
@@ -245,10 +295,16 @@ func (t *tunnel) stream() (*tunnelStream, bool, error) {
 	return &tunnelStream{stream: stream, answers: util.NewAnswerReader(stream)}, false, nil
 }
 
-// release keeps ts for another scrape, or closes it when enough are kept
-// or the tunnel is closed.
+// release keeps ts for another scrape, or closes it when enough are kept,
+// the memory budget of idle streams is spent, or the tunnel is closed.
 func (t *tunnel) release(ts *tunnelStream) {
 	_ = ts.stream.SetDeadline(time.Time{})
+	cost := ts.idleCost()
+	if !t.budget.take(cost) {
+		ts.stream.Close()
+		return
+	}
+	ts.cost = cost
 	t.mu.Lock()
 	if len(t.idle) < t.idleLimit && !t.session.IsClosed() {
 		t.idle = append(t.idle, ts)
@@ -256,6 +312,7 @@ func (t *tunnel) release(ts *tunnelStream) {
 	}
 	t.mu.Unlock()
 	if ts != nil {
+		t.budget.give(ts.cost)
 		ts.stream.Close()
 	}
 }
@@ -267,6 +324,7 @@ func (t *tunnel) closeIdle() {
 	t.idle, t.idleLimit = nil, 0
 	t.mu.Unlock()
 	for _, ts := range idle {
+		t.budget.give(ts.cost)
 		ts.stream.Close()
 	}
 }
@@ -281,7 +339,8 @@ type streamBody struct {
 	tunnel   *tunnel
 	stream   *tunnelStream
 	reusable bool
-	released bool // the stream went back to the tunnel, or was closed
+	released bool  // the stream went back to the tunnel, or was closed
+	read     int64 // bytes of the body read
 }
 
 func (b *streamBody) Read(p []byte) (int, error) {
@@ -289,8 +348,10 @@ func (b *streamBody) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	n, err := b.ReadCloser.Read(p)
+	b.read += int64(n)
 	if err == io.EOF && b.reusable {
 		b.released = true
+		b.stream.largest = max(b.stream.largest, b.read)
 		b.tunnel.release(b.stream)
 	}
 	return n, err
