@@ -57,7 +57,7 @@ func (f *fleet) runTunnel(ctx context.Context, conn net.Conn, fqdn string) error
 	}
 	_ = conn.SetDeadline(time.Time{})
 	// Bytes the proxy sent right after its answer are in br.
-	session, err := yamux.Server(util.TunnelConn(util.BufferedConn{SpliceConn: conn, Reader: br}), util.TunnelConfig(simTunnelPing))
+	session, err := yamux.Server(util.TunnelConn(util.BufferedConn{SpliceConn: conn, Reader: br}, util.MaxJoinedFrame), util.TunnelConfig(simTunnelPing))
 	if err != nil {
 		return err
 	}

@@ -32,14 +32,23 @@ type frameConn struct {
 	// send loop is the only writer, so it needs no lock.
 	held    [yamuxHeaderSize]byte
 	holding bool
-	joined  []byte // header and body of a frame, reused
+	joined  []byte // header and body of a frame, reused up to keep bytes
+	keep    int
 }
 
 // TunnelConn returns conn for a yamux session of a tunnel: a data frame's
-// header and body leave together. Only yamux's send loop may write to it.
-func TunnelConn(conn io.ReadWriteCloser) io.ReadWriteCloser {
-	return &frameConn{ReadWriteCloser: conn}
+// header and body leave together. The buffer that joins them is kept for
+// the next frame while it is at most keep bytes: a client, which sends the
+// answers, keeps one as large as a frame; a proxy, with thousands of
+// tunnels sending small requests, keeps a small one. Only yamux's send loop
+// may write to it.
+func TunnelConn(conn io.ReadWriteCloser, keep int) io.ReadWriteCloser {
+	return &frameConn{ReadWriteCloser: conn, keep: keep}
 }
+
+// MaxJoinedFrame is the largest frame whose header and body leave in one
+// write, and so the most a TunnelConn may keep.
+const MaxJoinedFrame = maxJoinedFrame
 
 // Write holds a data frame's header until its body comes, and writes both
 // at once.
@@ -54,6 +63,9 @@ func (c *frameConn) Write(p []byte) (int, error) {
 		}
 		c.joined = append(append(c.joined[:0], c.held[:]...), p...)
 		n, err := c.ReadWriteCloser.Write(c.joined)
+		if cap(c.joined) > c.keep {
+			c.joined = nil
+		}
 		return max(n-yamuxHeaderSize, 0), err
 	}
 	if len(p) == yamuxHeaderSize && p[0] == yamuxVersion && p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:]) > 0 {

@@ -57,7 +57,7 @@ func TestTunnelConnWritesADataFramesHeaderAndBodyAtOnce(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rec := &recordingConn{}
-			conn := TunnelConn(rec)
+			conn := TunnelConn(rec, MaxJoinedFrame)
 			for _, f := range tc.frames {
 				n, err := conn.Write(f)
 				if err != nil || n != len(f) {
@@ -71,6 +71,26 @@ func TestTunnelConnWritesADataFramesHeaderAndBodyAtOnce(t *testing.T) {
 				if !bytes.Equal(rec.writes[i], tc.writes[i]) {
 					t.Errorf("write %d differs: got %d bytes, want %d", i, len(rec.writes[i]), len(tc.writes[i]))
 				}
+			}
+		})
+	}
+}
+
+func TestTunnelConnKeepsItsJoiningBufferOnlyUpToItsBound(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		body     int
+		wantKept bool
+	}{
+		{"a frame within the bound leaves the buffer kept", 1000, true},
+		{"a larger frame's buffer is let go", 5000, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conn := TunnelConn(&recordingConn{}, 4096).(*frameConn)
+			conn.Write(yamuxHeader(yamuxTypeData, uint32(tc.body)))
+			conn.Write(make([]byte, tc.body))
+			if kept := conn.joined != nil; kept != tc.wantKept {
+				t.Errorf("buffer kept = %v, want %v", kept, tc.wantKept)
 			}
 		})
 	}

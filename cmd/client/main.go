@@ -172,8 +172,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	app.Flag("web.shutdown-timeout", "How long a stopping client waits for scrapes in flight before cancelling them.").
 		Default("15s").DurationVar(&cfg.shutdownTimeout)
 	var maxProcsSet bool
-	app.Flag("runtime.gomaxprocs", "How many threads run the client's Go code at once (GOMAXPROCS); 0 leaves it to Go (all CPUs the client may use). One by default: a client spends its time handing scrapes between goroutines, which on one thread costs no wake-up of another, and about a sixth less CPU per scrape. Unless given, a GOMAXPROCS environment variable is obeyed instead.").
-		Default("1").IsSetByUser(&maxProcsSet).IntVar(&cfg.maxProcs)
+	maxProcsFlag := app.Flag("runtime.gomaxprocs", "How many threads run the client's Go code at once (GOMAXPROCS); 0 leaves it to Go (all CPUs the client may use). One by default: a client spends its time handing scrapes between goroutines, which on one thread costs no wake-up of another, and about a sixth less CPU per scrape. Unless given, a GOMAXPROCS environment variable is obeyed instead.").
+		Default("1").IsSetByUser(&maxProcsSet)
+	maxProcsFlag.IntVar(&cfg.maxProcs)
 	app.LogFlags(&cfg.logLevel, &cfg.logFormat)
 	addSecurityFlags(app.Application, &cfg.security)
 
@@ -207,7 +208,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if cfg.fqdn == "" {
 		cfg.fqdn = hostFQDN()
 	}
-	if !maxProcsSet && os.Getenv("GOMAXPROCS") != "" {
+	// The flag's own environment variable counts as giving it.
+	if !maxProcsSet && os.Getenv(maxProcsFlag.Model().Envar) == "" && os.Getenv("GOMAXPROCS") != "" {
 		cfg.maxProcs = 0
 	}
 	if err := cfg.validate(); err != nil {

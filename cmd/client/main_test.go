@@ -105,18 +105,23 @@ func TestTheClientRunsOnOneThreadUnlessToldOtherwise(t *testing.T) {
 		name        string
 		args        []string
 		environment string // GOMAXPROCS
-		want        int
+		// flagEnvironment is PUSHPROX_CLIENT_RUNTIME_GOMAXPROCS.
+		flagEnvironment string
+		want            int
 	}{
 		{name: "by default", args: base, want: 1},
 		{name: "with the flag", args: append(base, "--runtime.gomaxprocs=4"), want: 4},
 		{name: "with 0, Go's choice", args: append(base, "--runtime.gomaxprocs=0"), want: 0},
 		{name: "with GOMAXPROCS in the environment", args: base, environment: "3", want: 0},
 		{name: "with the flag and GOMAXPROCS in the environment", args: append(base, "--runtime.gomaxprocs=2"), environment: "3", want: 2},
+		{name: "with the flag's own variable and GOMAXPROCS in the environment", args: base, environment: "3", flagEnvironment: "4", want: 4},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Setenv("GOMAXPROCS", tc.environment)
-			if tc.environment == "" {
-				os.Unsetenv("GOMAXPROCS")
+			for name, value := range map[string]string{"GOMAXPROCS": tc.environment, "PUSHPROX_CLIENT_RUNTIME_GOMAXPROCS": tc.flagEnvironment} {
+				t.Setenv(name, value)
+				if value == "" {
+					os.Unsetenv(name)
+				}
 			}
 			cfg, err := parseFlags(tc.args, io.Discard)
 			if err != nil {

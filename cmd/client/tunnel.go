@@ -128,7 +128,7 @@ func (c *client) runTunnel(ctx, scrapeCtx context.Context, up *upstream, logger 
 		resp.Body.Close()
 		return fmt.Errorf("%w: the upgraded connection cannot be written", errTunnelRefused)
 	}
-	session, err := yamux.Server(util.TunnelConn(conn), util.TunnelConfig(c.cfg.tunnelPingInterval))
+	session, err := yamux.Server(util.TunnelConn(conn, util.MaxJoinedFrame), util.TunnelConfig(c.cfg.tunnelPingInterval))
 	if err != nil {
 		conn.Close()
 		return err
@@ -176,23 +176,10 @@ func (c *client) runTunnel(ctx, scrapeCtx context.Context, up *upstream, logger 
 func (c *client) serveStream(ctx, scrapeCtx context.Context, stream *yamux.Stream, reuse bool, ended func()) {
 	defer ended()
 	defer stream.Close()
-	// A stopping client ends its idle streams; a scrape being made is
-	// answered first, as the stream is read only between scrapes.
-	stopIdle := context.AfterFunc(ctx, func() { _ = stream.SetReadDeadline(time.Now()) })
-	defer stopIdle()
 	reader := bufio.NewReaderSize(stream, streamReadBuffer)
 	for first := true; ; first = false {
-		if !first {
-			// Idle until the proxy sends the next scrape. One that comes
-			// as the client stops is left unanswered: the proxy gives it
-			// to another carrier.
-			_ = stream.SetReadDeadline(time.Time{})
-			if ctx.Err() != nil {
-				return
-			}
-			if _, err := reader.Peek(1); err != nil || ctx.Err() != nil {
-				return
-			}
+		if !first && !c.awaitScrape(ctx, stream, reader) {
+			return
 		}
 		_ = stream.SetReadDeadline(time.Now().Add(maxStreamRequest))
 		req, err := util.DecodeStreamRequest(reader)
@@ -213,27 +200,40 @@ func (c *client) serveStream(ctx, scrapeCtx context.Context, stream *yamux.Strea
 	}
 }
 
+// awaitScrape waits on an idle stream until the proxy sends its next
+// scrape, and says whether one came. When ctx ends first, the stopping
+// client closes the stream without reading from it; a scrape that comes
+// just then is left unanswered, which the proxy takes for a stream closed
+// while idle and sends elsewhere.
+func (c *client) awaitScrape(ctx context.Context, stream *yamux.Stream, reader *bufio.Reader) bool {
+	_ = stream.SetReadDeadline(time.Time{})
+	stop := context.AfterFunc(ctx, func() { _ = stream.SetReadDeadline(time.Now()) })
+	_, err := reader.Peek(1)
+	// A false stop means ctx ended: its deadline may be set at any moment.
+	return stop() && err == nil
+}
+
 // streamReadBuffer is the read buffer of a tunnel stream: a scrape request
 // is read in one piece.
 const streamReadBuffer = 4 << 10
 
-// errAnswerCut says that an answer on a stream was not sent whole, so the
-// stream cannot carry another.
-var errAnswerCut = errors.New("answer not sent whole")
-
 // streamAnswer returns the function that sends the answer to scrape id on
 // stream, in one tunnel frame when it is small. With reuse the answer's
-// body is delimited, and a failure to send it whole closes the stream.
+// body is delimited; an answer that fails before its first byte left (the
+// target's body broke) is replaced by the reason, so that the proxy has an
+// answer and the stream stays usable; one that fails after that closes the
+// stream, so that the proxy sees it cut.
 func (c *client) streamAnswer(stream *yamux.Stream, id string, reuse bool) func(*http.Response) error {
 	return func(resp *http.Response) error {
 		if deadline, ok := resp.Request.Context().Deadline(); ok {
 			_ = stream.SetWriteDeadline(deadline)
 		}
+		sent := &countingWriter{w: stream}
 		out, _ := c.answerWriters.Get().(*bufio.Writer)
 		if out == nil {
-			out = bufio.NewWriterSize(stream, answerBufferSize)
+			out = bufio.NewWriterSize(sent, answerBufferSize)
 		} else {
-			out.Reset(stream)
+			out.Reset(sent)
 		}
 		defer func() {
 			out.Reset(nil)
@@ -243,12 +243,32 @@ func (c *client) streamAnswer(stream *yamux.Stream, id string, reuse bool) func(
 		if err == nil {
 			err = out.Flush()
 		}
+		if err != nil && sent.n == 0 && reuse {
+			c.metrics.scrapeErrors.Inc()
+			out.Reset(sent)
+			failed := util.ErrorAnswer(fmt.Errorf("scraping target: %w", err))
+			if writeAnswer(out, failed, id, true) == nil && out.Flush() == nil {
+				_ = stream.SetWriteDeadline(time.Time{})
+				return fmt.Errorf("answered the reason instead: %w", err)
+			}
+		}
 		if err != nil {
-			// The proxy must not read what is left as the next answer.
 			stream.Close()
-			return fmt.Errorf("%w: %w", errAnswerCut, err)
+			return err
 		}
 		_ = stream.SetWriteDeadline(time.Time{})
 		return nil
 	}
+}
+
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }

@@ -55,7 +55,7 @@ func dialStreamPeer(t *testing.T, tp *testProxy, fqdn, protocols string, answer 
 	if !accepted {
 		t.Fatalf("tunnel refused: %s", resp.Status)
 	}
-	session, err := yamux.Server(util.TunnelConn(util.BufferedConn{SpliceConn: conn.(*net.TCPConn), Reader: br}), util.TunnelConfig(defaultConfig().tunnelPingInterval))
+	session, err := yamux.Server(util.TunnelConn(util.BufferedConn{SpliceConn: conn.(*net.TCPConn), Reader: br}, util.MaxJoinedFrame), util.TunnelConfig(defaultConfig().tunnelPingInterval))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func writeTestAnswer(w io.Writer, req *http.Request, body string, chunked bool) 
 	out.Flush()
 }
 
-func TestTunnelStreams(t *testing.T) {
+func TestTunnelStreamsAreReusedAsTheNegotiatedVersionAndMemoryAllow(t *testing.T) {
 	both := util.TunnelProtocolReuse + ", " + util.TunnelProtocol
 	for _, tc := range []struct {
 		name      string
@@ -237,5 +237,56 @@ func TestTunnelClientAnswersScrapeAfterScrapeOfATargetWithoutALength(t *testing.
 		if r.err != nil || r.status != http.StatusOK || r.body != body {
 			t.Fatalf("scrape %d: %d, %d bytes of %d, %v", i, r.status, len(r.body), len(body), r.err)
 		}
+	}
+}
+
+// A target whose body breaks before the client's first flush (128 KiB)
+// makes the client close its stream with nothing written. The proxy takes
+// that for a stream the client closed while idle and carries the scrape
+// again, on every idle stream and then on a new one: the target is scraped
+// again and again for one Prometheus scrape, and Prometheus never gets the
+// client's reason.
+func TestAScrapeWhoseAnswerBreaksBeforeItsFirstByteIsMadeOnceAndAnsweredWithTheReason(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	var broken atomic.Bool
+	var hits atomic.Int64
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !broken.Load() {
+			io.WriteString(w, "up 1\n")
+			return
+		}
+		hits.Add(1)
+		// A length the body does not reach: the client's copy fails.
+		conn, buf, _ := http.NewResponseController(w).Hijack()
+		buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nup 1\n")
+		buf.Flush()
+		conn.Close()
+	}))
+	defer target.Close()
+	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=tunnel")...)
+	client.WaitForOutput(clientTunnelOpen)
+	tp.waitTunnels(t, 1)
+	// Scrapes at once leave idle streams on the tunnel.
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			scrapeThrough(context.Background(), tp.srv.URL, target.URL+"/metrics", "10")
+		}()
+	}
+	wg.Wait()
+	broken.Store(true)
+	r := scrapeThrough(context.Background(), tp.srv.URL, target.URL+"/metrics", "3")
+	if r.err != nil || r.status != http.StatusInternalServerError || !strings.Contains(r.body, "unexpected EOF") {
+		t.Errorf("scrape of a broken target: %d %q %v, want 500 with the reason", r.status, r.body, r.err)
+	}
+	if n := hits.Load(); n != 1 {
+		t.Errorf("one scrape through the proxy hit the target %d times, want 1", n)
+	}
+	// The stream that carried the reason carries the next scrape.
+	broken.Store(false)
+	if r := scrapeThrough(context.Background(), tp.srv.URL, target.URL+"/metrics", "3"); r.status != http.StatusOK || r.body != "up 1\n" {
+		t.Errorf("the next scrape: %d %q %v", r.status, r.body, r.err)
 	}
 }

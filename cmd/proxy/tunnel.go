@@ -24,6 +24,11 @@ import (
 // are reused, so few are opened at once.
 const tunnelAcceptBacklog = 16
 
+// tunnelJoinKeep bounds the buffer each tunnel keeps to write a frame's
+// header and body at once (util.TunnelConn): scrape requests fit; the
+// larger frames of a CONNECT's upload get a buffer each.
+const tunnelJoinKeep = 4 << 10
+
 // maxTunnelConcurrency caps the scrapes at once a client may ask for on its
 // tunnel: each holds a stream window of util.TunnelStreamWindow bytes.
 const maxTunnelConcurrency = 256
@@ -111,7 +116,7 @@ func (p *proxy) handleTunnel(w http.ResponseWriter, r *http.Request) {
 	// The client opens one stream, for its targets (serveTargets); the
 	// default backlog would hold 256 pointers per tunnel for nothing.
 	cfg.AcceptBacklog = tunnelAcceptBacklog
-	session, err := yamux.Client(util.TunnelConn(tunnelConn), cfg)
+	session, err := yamux.Client(util.TunnelConn(tunnelConn, tunnelJoinKeep), cfg)
 	if err != nil {
 		conn.Close()
 		return
@@ -218,35 +223,55 @@ func (b *streamBudget) give(n int64) {
 // one, and reads the answer's head. The answer's body ends the scrape on
 // the stream: read to its end, it gives the stream back for another scrape.
 func (t *tunnel) Carry(ctx context.Context, s *rendezvous.Scrape) (*http.Response, error) {
-	for {
-		ts, reused, err := t.stream()
+	for tries := 0; ; tries++ {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		ts, reused, err := t.stream(tries < maxIdleStreamTries)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", rendezvous.ErrNotCarried, err)
 		}
 		resp, err := t.carryOn(ctx, s, ts)
-		// A stream the client closed while it was idle (when stopping)
-		// took no scrape: try another.
-		if reused && errors.Is(err, errStreamEnded) {
+		switch {
+		case reused && (errors.Is(err, errStreamEnded) || errors.Is(err, errNotSent)):
+			// The client closed the stream while it was idle (it is
+			// stopping) and took no scrape on it: try another.
 			continue
-		}
-		if !reused && errors.Is(err, errStreamEnded) {
-			err = fmt.Errorf("%w: %v", rendezvous.ErrNotCarried, err)
+		case errors.Is(err, errNotSent):
+			return nil, fmt.Errorf("%w: %v", rendezvous.ErrNotCarried, err)
+		case errors.Is(err, errStreamEnded):
+			// A client closes a new stream without an answer only when
+			// it fails: it may have started on s.
+			return nil, fmt.Errorf("client ended the tunnel stream without an answer: %w", io.ErrUnexpectedEOF)
 		}
 		return resp, err
 	}
 }
 
+// maxIdleStreamTries bounds the idle streams a scrape is written on before
+// a new one is opened: a stopping client closes its idle streams, and a new
+// stream is then refused by its go-away, which sends the scrape elsewhere.
+const maxIdleStreamTries = 2
+
 // errStreamEnded says that a stream of a live tunnel ended before the first
-// byte of an answer, or could not be written to: the client took no
-// scrape on it.
+// byte of an answer to a request written on it.
 var errStreamEnded = errors.New("tunnel stream ended before an answer")
+
+// errNotSent says that a request was not written on a stream because the
+// stream was closed or reset: the client cannot have it.
+var errNotSent = errors.New("tunnel stream closed before the request")
 
 // carryOn carries s on ts.
 func (t *tunnel) carryOn(ctx context.Context, s *rendezvous.Scrape, ts *tunnelStream) (*http.Response, error) {
 	_ = ts.stream.SetDeadline(s.Deadline)
 	if _, err := ts.stream.Write(s.Request); err != nil {
 		ts.stream.Close()
-		return nil, fmt.Errorf("%w: %v", errStreamEnded, err)
+		// A write that timed out, or failed as the session shut down, may
+		// still have left.
+		if errors.Is(err, yamux.ErrStreamClosed) || errors.Is(err, yamux.ErrConnectionReset) {
+			return nil, fmt.Errorf("%w: %v", errNotSent, err)
+		}
+		return nil, fmt.Errorf("sending the scrape on the tunnel: %w", err)
 	}
 	// Until the head is in, the wait ends with ctx; the body may then use
 	// the scrape's full timeout.
@@ -275,10 +300,11 @@ func (t *tunnel) carryOn(ctx context.Context, s *rendezvous.Scrape, ts *tunnelSt
 	return resp, nil
 }
 
-// stream returns an idle stream, or a new one, and whether it was idle.
-func (t *tunnel) stream() (*tunnelStream, bool, error) {
+// stream returns an idle stream when idle ones may be used and there is
+// one, or a new one, and whether it was idle.
+func (t *tunnel) stream(idle bool) (*tunnelStream, bool, error) {
 	t.mu.Lock()
-	if n := len(t.idle); n > 0 {
+	if n := len(t.idle); idle && n > 0 {
 		ts := t.idle[n-1]
 		t.idle[n-1] = nil
 		t.idle = t.idle[:n-1]
