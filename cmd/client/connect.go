@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"path"
+	"sync"
 	"time"
 
 	"github.com/go-kit/log"
@@ -26,7 +27,7 @@ const connectIdleTimeout = 10 * time.Minute
 // and then passes bytes untouched both ways, so that TLS runs from
 // Prometheus to the target. A refusal or a failed dial is answered with
 // its reason.
-func (c *client) serveConnect(ctx context.Context, stream *yamux.Stream, reader *bufio.Reader, req *http.Request) {
+func (c *client) serveConnect(ctx, scrapeCtx context.Context, stream *yamux.Stream, reader *bufio.Reader, req *http.Request) {
 	id := req.Header.Get(util.HeaderID)
 	logger := log.With(c.logger, "connect_id", id, "target", req.Host)
 	dialTimeout, err := util.HeaderTimeout(req.Header, util.HeaderScrapeTimeoutSeconds)
@@ -40,7 +41,7 @@ func (c *client) serveConnect(ctx context.Context, stream *yamux.Stream, reader 
 		return
 	}
 	dialer := &net.Dialer{Timeout: dialTimeout, KeepAliveConfig: util.KeepAlive}
-	conn, err := dialer.DialContext(ctx, "tcp", address)
+	conn, err := dialer.DialContext(scrapeCtx, "tcp", address)
 	if err != nil {
 		level.Warn(logger).Log("msg", "connect failed", "err", err)
 		writeConnectAnswer(stream, id, http.StatusBadGateway, "connecting to target: "+util.OneLine(err).Error())
@@ -51,6 +52,14 @@ func (c *client) serveConnect(ctx context.Context, stream *yamux.Stream, reader 
 		return
 	}
 	_ = stream.SetDeadline(time.Time{})
+	// A stopping client lets the connection go on for as long as it lets
+	// scrapes finish, then ends it: a connection Prometheus keeps alive
+	// would otherwise hold the stop for ever.
+	cut := afterStopping(ctx, c.cfg.shutdownTimeout, func() {
+		conn.Close()
+		stream.Close()
+	})
+	defer cut()
 	level.Debug(logger).Log("msg", "connect tunnel open", "address", address)
 	toTarget, fromTarget := util.Splice(util.BufferedConn{SpliceConn: stream, Reader: reader}, conn, connectIdleTimeout, nil)
 	level.Debug(logger).Log("msg", "connect tunnel closed", "bytes_to_target", toTarget, "bytes_from_target", fromTarget)
@@ -117,4 +126,28 @@ func writeConnectAnswer(stream *yamux.Stream, id string, code int, reason string
 	}
 	_, err := stream.Write(append(util.EncodeAnswerHead(code, fmt.Sprintf("%d %s", code, status), header), reason...))
 	return err
+}
+
+// afterStopping calls end once wait has passed after ctx ended, unless the
+// returned stop is called first.
+func afterStopping(ctx context.Context, wait time.Duration, end func()) (stop func()) {
+	var mu sync.Mutex
+	var timer *time.Timer // guarded by mu
+	stopped := false      // guarded by mu
+	stopWatching := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			timer = time.AfterFunc(wait, end)
+		}
+	})
+	return func() {
+		stopWatching()
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		if timer != nil {
+			timer.Stop()
+		}
+	}
 }

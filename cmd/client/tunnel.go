@@ -191,7 +191,7 @@ func (c *client) serveStream(ctx, scrapeCtx context.Context, stream *yamux.Strea
 			return
 		}
 		if req.Method == http.MethodConnect {
-			c.serveConnect(scrapeCtx, stream, reader, req)
+			c.serveConnect(ctx, scrapeCtx, stream, reader, req)
 			return
 		}
 		if !c.serveScrape(ctx, scrapeCtx, req, time.Now(), c.streamAnswer(stream, req.Header.Get(util.HeaderID), reuse)) || !reuse {

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -184,4 +185,35 @@ func rawConnect(t *testing.T, proxyAddr, target string) (int, string) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(body)
+}
+
+func TestAStoppingClientEndsAConnectTunnelKeptOpenAfterItsShutdownTimeout(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	target := startTLSTarget(t, nil)
+	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=tunnel", "--web.shutdown-timeout=300ms")...)
+	client.WaitForOutput(clientTunnelOpen)
+	tp.waitTunnels(t, 1)
+	// Prometheus keeps its connection to the target open between scrapes.
+	conn, err := net.Dial("tcp", tp.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	addr := target.Listener.Addr().String()
+	if _, err := io.WriteString(conn, "CONNECT "+addr+" HTTP/1.1\r\nHost: "+addr+"\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	client.Signal(syscall.SIGTERM)
+	if code := client.Wait(); code != 0 {
+		t.Errorf("client exited with %d, want 0", code)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := br.ReadByte(); err == nil {
+		t.Error("the CONNECT tunnel is still open after the client stopped")
+	}
 }
