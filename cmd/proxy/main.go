@@ -51,6 +51,9 @@ type config struct {
 	// idleStreamMemory bounds what idle tunnel streams hold; zero means
 	// defaultIdleStreamMemory; not a flag.
 	idleStreamMemory int64
+	// idleStreamTimeout is how long an idle tunnel stream is kept; zero
+	// means defaultIdleStreamTimeout; not a flag.
+	idleStreamTimeout time.Duration
 	// clock tells the time for client registrations; nil means time.Now.
 	// Tests replace it.
 	clock func() time.Time

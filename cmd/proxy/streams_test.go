@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/yamux"
 
@@ -288,5 +289,28 @@ func TestAScrapeWhoseAnswerBreaksBeforeItsFirstByteIsMadeOnceAndAnsweredWithTheR
 	broken.Store(false)
 	if r := scrapeThrough(context.Background(), tp.srv.URL, target.URL+"/metrics", "3"); r.status != http.StatusOK || r.body != "up 1\n" {
 		t.Errorf("the next scrape: %d %q %v", r.status, r.body, r.err)
+	}
+}
+
+func TestAStreamIdleLongerThanItsTimeoutIsClosedAndItsMemoryGivenBack(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.idleStreamTimeout = 50 * time.Millisecond
+	tp := startProxy(t, cfg)
+	peer := dialStreamPeer(t, tp, "peer", util.TunnelProtocolReuse, func(w io.Writer, req *http.Request) bool {
+		writeTestAnswer(w, req, "up 1\n", false)
+		return true
+	})
+	for i := range 2 {
+		if r := scrapeThrough(context.Background(), tp.srv.URL, "http://peer:9100/metrics", "10"); r.status != http.StatusOK {
+			t.Fatalf("scrape %d: %d %q %v", i, r.status, r.body, r.err)
+		}
+		waitFor(t, "the idle stream to expire", func() bool {
+			tp.proxy.idleStreams.mu.Lock()
+			defer tp.proxy.idleStreams.mu.Unlock()
+			return tp.proxy.idleStreams.left == defaultIdleStreamMemory
+		})
+	}
+	if n := peer.opened.Load(); n != 2 {
+		t.Errorf("the proxy opened %d streams for two scrapes an expiry apart, want 2", n)
 	}
 }

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -122,7 +124,8 @@ func (p *proxy) handleTunnel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	untrack := p.tunnels.track(session)
-	carrier := &tunnel{session: session, reuse: util.TunnelReusesStreams(r), idleLimit: capacity, budget: p.idleStreams}
+	carrier := &tunnel{session: session, reuse: util.TunnelReusesStreams(r), idleLimit: capacity, budget: p.idleStreams,
+		idleTimeout: cmp.Or(p.cfg.idleStreamTimeout, defaultIdleStreamTimeout)}
 	attached, err := p.hub.Attach(client, carrier, capacity)
 	if err != nil {
 		p.metrics.countRegistrationRefused(err)
@@ -162,6 +165,8 @@ type tunnel struct {
 	idleLimit int
 	// budget bounds the memory of the idle streams of all tunnels.
 	budget *streamBudget
+	// idleTimeout is how long a stream is kept idle.
+	idleTimeout time.Duration
 
 	mu   sync.Mutex
 	idle []*tunnelStream // guarded by mu; the most recently used last
@@ -176,6 +181,8 @@ type tunnelStream struct {
 	largest int64
 	// cost is what the stream holds of the budget while idle.
 	cost int64
+	// expiry closes the stream once idle for the tunnel's idleTimeout.
+	expiry *time.Timer
 }
 
 // defaultIdleStreamMemory bounds the memory held by the idle streams of
@@ -183,6 +190,12 @@ type tunnelStream struct {
 // about 250 answering 128 KiB; beyond, streams are closed after their
 // scrape, as in util.TunnelProtocol.
 const defaultIdleStreamMemory = 64 << 20
+
+// defaultIdleStreamTimeout is how long an idle stream is kept: longer than
+// common scrape intervals, so that a stream carries every scrape of its
+// client, while one that stopped being scraped leaves the memory budget to
+// others.
+const defaultIdleStreamTimeout = 5 * time.Minute
 
 // idleStreamOverhead is what an idle stream holds besides its receive
 // buffer: the answer reader's buffer, yamux's and the proxy's state.
@@ -308,6 +321,8 @@ func (t *tunnel) stream(idle bool) (*tunnelStream, bool, error) {
 		ts := t.idle[n-1]
 		t.idle[n-1] = nil
 		t.idle = t.idle[:n-1]
+		// Taken from t.idle under t.mu, it is no longer the expiry's.
+		ts.expiry.Stop()
 		t.mu.Unlock()
 		t.budget.give(ts.cost)
 		ts.cost = 0
@@ -334,10 +349,27 @@ func (t *tunnel) release(ts *tunnelStream) {
 	t.mu.Lock()
 	if len(t.idle) < t.idleLimit && !t.session.IsClosed() {
 		t.idle = append(t.idle, ts)
+		kept := ts
+		ts.expiry = time.AfterFunc(t.idleTimeout, func() { t.expire(kept) })
 		ts = nil
 	}
 	t.mu.Unlock()
 	if ts != nil {
+		t.budget.give(ts.cost)
+		ts.stream.Close()
+	}
+}
+
+// expire closes ts if it is still idle, giving its memory to streams that
+// scrape more often.
+func (t *tunnel) expire(ts *tunnelStream) {
+	t.mu.Lock()
+	i := slices.Index(t.idle, ts)
+	if i >= 0 {
+		t.idle = slices.Delete(t.idle, i, i+1)
+	}
+	t.mu.Unlock()
+	if i >= 0 {
 		t.budget.give(ts.cost)
 		ts.stream.Close()
 	}
@@ -350,6 +382,7 @@ func (t *tunnel) closeIdle() {
 	t.idle, t.idleLimit = nil, 0
 	t.mu.Unlock()
 	for _, ts := range idle {
+		ts.expiry.Stop()
 		t.budget.give(ts.cost)
 		ts.stream.Close()
 	}
