@@ -18,11 +18,6 @@ import (
 	"github.com/rancher/pushprox/util"
 )
 
-var (
-	sourceA = netip.MustParsePrefix("192.0.2.1/32")
-	sourceB = netip.MustParsePrefix("192.0.2.2/32")
-)
-
 // buckets returns how many sources have a bucket kept.
 func buckets(l *sourceLimiter) int {
 	l.mu.Lock()
@@ -31,6 +26,7 @@ func buckets(l *sourceLimiter) int {
 }
 
 func TestASourceRegistersItsBurstAtOnceThenOneClientPerInterval(t *testing.T) {
+	sourceA := netip.MustParsePrefix("192.0.2.1/32")
 	clock := testclock.New(time.Unix(1e9, 0))
 	l := newSourceLimiter(2, 3, clock.Now)
 	for i := range 3 {
@@ -55,6 +51,8 @@ func TestASourceRegistersItsBurstAtOnceThenOneClientPerInterval(t *testing.T) {
 }
 
 func TestEachSourceHasABucketOfItsOwn(t *testing.T) {
+	sourceA := netip.MustParsePrefix("192.0.2.1/32")
+	sourceB := netip.MustParsePrefix("192.0.2.2/32")
 	clock := testclock.New(time.Unix(1e9, 0))
 	l := newSourceLimiter(1, 1, clock.Now)
 	if _, ok := l.allow(sourceA); !ok {
@@ -69,6 +67,8 @@ func TestEachSourceHasABucketOfItsOwn(t *testing.T) {
 }
 
 func TestABucketUnusedUntilFullIsForgotten(t *testing.T) {
+	sourceA := netip.MustParsePrefix("192.0.2.1/32")
+	sourceB := netip.MustParsePrefix("192.0.2.2/32")
 	clock := testclock.New(time.Unix(1e9, 0))
 	l := newSourceLimiter(10, 5, clock.Now) // full again after 500ms
 	l.allow(sourceA)
@@ -105,6 +105,7 @@ func TestTheTableOfSourcesIsBoundedAndDropsTheLeastRecentlyUsed(t *testing.T) {
 }
 
 func TestAZeroRateOrBurstTurnsTheLimitOff(t *testing.T) {
+	sourceA := netip.MustParsePrefix("192.0.2.1/32")
 	for _, tc := range []struct {
 		rate  float64
 		burst int
