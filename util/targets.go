@@ -126,8 +126,13 @@ func ReadTargetsMessage(r io.Reader, v any) error {
 	if n > MaxTargetsMessage {
 		return fmt.Errorf("targets message of %d bytes, at most %d allowed", n, MaxTargetsMessage)
 	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(r, body); err != nil {
+	// The body grows with what arrives, not with what the length claims:
+	// a peer that sends a length and stops holds no more than it sent.
+	body, err := io.ReadAll(io.LimitReader(r, int64(n)))
+	if err == nil && len(body) < int(n) {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
 		return fmt.Errorf("targets message cut after its length: %w", err)
 	}
 	if err := json.Unmarshal(body, v); err != nil {

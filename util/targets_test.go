@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -131,4 +132,21 @@ func FuzzReadTargetsMessage(f *testing.F) {
 			t.Fatalf("read back %+v, want %+v", second, first)
 		}
 	})
+}
+
+// A peer that sends only a length must not make ReadTargetsMessage
+// allocate the whole length before a byte of the message has come: that
+// would be 4 MiB per control stream for 4 bytes sent, on a proxy without
+// authentication.
+func TestReadingATargetsMessageAllocatesNoMoreThanWhatArrived(t *testing.T) {
+	var header [4]byte
+	binary.BigEndian.PutUint32(header[:], MaxTargetsMessage)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	var v Announcement
+	_ = ReadTargetsMessage(bytes.NewReader(header[:]), &v)
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > 64<<10 {
+		t.Errorf("reading a 4-byte message allocated %d bytes", got)
+	}
 }
