@@ -222,7 +222,7 @@ func (p *proxy) applyTargets(r *http.Request, attached *rendezvous.Session, anno
 		seen[name] = true
 		targets = append(targets, rendezvous.Target{Name: name, Host: host, Labels: t.Labels})
 	}
-	for i, err := range attached.SetTargets(targets) {
+	for i, err := range attached.SetTargets(targets, p.admitTargets(r, attached.Identity())) {
 		if err != nil {
 			refuse(targets[i].Name, err)
 		}

@@ -366,7 +366,7 @@ func TestTheLandingPageAndMetricsShowTheTargetsOfEachClient(t *testing.T) {
 	for _, err := range session.SetTargets([]rendezvous.Target{
 		{Name: "nas.example:9100", Host: "nas.example"},
 		{Name: "nas.example:9633", Host: "nas.example", Labels: map[string]string{"exporter": "smart"}},
-	}) {
+	}, nil) {
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -116,13 +116,20 @@ func (h *Hub) Attach(c Client, t Tunnel, capacity int) (*Session, error) {
 	return session, nil
 }
 
+// Identity is the identity that authenticated the tunnel's client, as
+// Attach was given it.
+func (s *Session) Identity() string { return s.client.Identity }
+
 // SetTargets makes targets the whole set of names the tunnel answers for
 // besides its client's own FQDN, replacing the previous set: names no
 // longer listed are withdrawn at once (scrapes already on the tunnel
-// finish), new ones registered and routed to it. The result holds, for
-// each target, nil or why it was refused (ErrTooManyTargets,
-// ErrTooManyClients, ErrTooManyLabelSets, ErrDetached).
-func (s *Session) SetTargets(targets []Target) []error {
+// finish), new ones registered and routed to it. admit, unless nil, is
+// called for each target whose name the tunnel does not answer for yet,
+// before it is registered; an error refuses the target. It is called with
+// the hub's lock held, so it must be quick and must not call the hub. The
+// result holds, for each target, nil or why it was refused (admit's error,
+// ErrTooManyTargets, ErrTooManyClients, ErrTooManyLabelSets, ErrDetached).
+func (s *Session) SetTargets(targets []Target, admit func(Target) error) []error {
 	h := s.hub
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -151,6 +158,12 @@ func (s *Session) SetTargets(targets []Target) []error {
 	}
 	for _, i := range added {
 		t := targets[i]
+		if admit != nil && s.targets[t.Name] == nil {
+			if err := admit(t); err != nil {
+				errs[i] = err
+				continue
+			}
+		}
 		c := Client{FQDN: NormalFQDN(t.Host), Labels: t.Labels, Identity: s.client.Identity, Target: t.Name, Via: s.fqdn}
 		r, _, err := h.registry.find(c, now)
 		if err != nil {

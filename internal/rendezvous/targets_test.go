@@ -3,6 +3,7 @@ package rendezvous
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -25,7 +26,7 @@ func targetsOf(h *testHub) map[string]ClientStatus {
 
 func setTargets(t *testing.T, s *Session, targets ...Target) {
 	t.Helper()
-	for i, err := range s.SetTargets(targets) {
+	for i, err := range s.SetTargets(targets, nil) {
 		if err != nil {
 			t.Fatalf("target %s refused: %v", targets[i].Name, err)
 		}
@@ -118,12 +119,12 @@ func TestTargetsBeyondTheBoundAreRefusedWithTheReasonAndTheOthersServed(t *testi
 	session := attach(t, h, gateway(), newFakeTunnel(), 1)
 	errs := session.SetTargets([]Target{
 		{Name: "a:1", Host: "a"}, {Name: "b:1", Host: "b"}, {Name: "c:1", Host: "c"},
-	})
+	}, nil)
 	if errs[0] != nil || errs[1] != nil || !errors.Is(errs[2], ErrTooManyTargets) {
 		t.Fatalf("SetTargets = %v, want the third refused with ErrTooManyTargets", errs)
 	}
 	// Withdrawing one makes room for another in the same announcement.
-	errs = session.SetTargets([]Target{{Name: "b:1", Host: "b"}, {Name: "c:1", Host: "c"}})
+	errs = session.SetTargets([]Target{{Name: "b:1", Host: "b"}, {Name: "c:1", Host: "c"}}, nil)
 	if errs[0] != nil || errs[1] != nil {
 		t.Fatalf("SetTargets after a withdrawal = %v, want both taken", errs)
 	}
@@ -139,7 +140,7 @@ func TestTargetsOfAnEndedTunnelStayKnownUntilTheRegistrationTimeout(t *testing.T
 	session := attach(t, h, gateway(), newFakeTunnel(), 1)
 	setTargets(t, session, Target{Name: "127.0.0.2:9100", Host: "127.0.0.2"})
 	session.Detach()
-	if errs := session.SetTargets([]Target{{Name: "127.0.0.3:9100", Host: "127.0.0.3"}}); !errors.Is(errs[0], ErrDetached) {
+	if errs := session.SetTargets([]Target{{Name: "127.0.0.3:9100", Host: "127.0.0.3"}}, nil); !errors.Is(errs[0], ErrDetached) {
 		t.Errorf("SetTargets after Detach = %v, want ErrDetached", errs)
 	}
 	if _, listed := targetsOf(h)["127.0.0.2:9100"]; !listed {
@@ -174,5 +175,33 @@ func TestTwoTargetsOnOneHostAreTwoEntriesAndTheHostStaysRoutedUntilBothAreWithdr
 	ctx.Expire()
 	if _, err := await(t, "a scrape of nas with no target left", late); !errors.Is(err, ErrNoClient) {
 		t.Errorf("scrape of nas with no target left failed with %v, want ErrNoClient", err)
+	}
+}
+
+func TestSetTargetsAsksAdmitOnlyForNamesTheTunnelDoesNotAnswerForYet(t *testing.T) {
+	h := newTestHub(t, 10)
+	session := attach(t, h, gateway(), newFakeTunnel(), 1)
+	var asked []string
+	refuseC := func(t Target) error {
+		asked = append(asked, t.Name)
+		if t.Name == "c:1" {
+			return errors.New("no token")
+		}
+		return nil
+	}
+	session.SetTargets([]Target{{Name: "a:1", Host: "a"}, {Name: "b:1", Host: "b"}}, refuseC)
+	asked = nil
+	// a:1 again, b:1 with new labels, c:1 new and refused.
+	errs := session.SetTargets([]Target{
+		{Name: "a:1", Host: "a"}, {Name: "b:1", Host: "b", Labels: map[string]string{"x": "y"}}, {Name: "c:1", Host: "c"},
+	}, refuseC)
+	if fmt.Sprint(asked) != "[c:1]" {
+		t.Errorf("admit asked for %v, want only the new name c:1", asked)
+	}
+	if errs[0] != nil || errs[1] != nil || errs[2] == nil || errs[2].Error() != "no token" {
+		t.Errorf("SetTargets = %v, want only c:1 refused with admit's error", errs)
+	}
+	if _, listed := targetsOf(h)["c:1"]; listed {
+		t.Error("a target admit refused is registered")
 	}
 }
