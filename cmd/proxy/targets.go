@@ -54,11 +54,26 @@ const (
 	maxRefusalReasonBytes = 1024
 )
 
+// targetsOwner is who the targets that the client of r announces as fqdn
+// count against (rendezvous.Client.Owner): the client's FQDN with who is
+// asking, its identity when the proxy authenticated it and otherwise its
+// source address (as the rate limit counts sources). A poll that names
+// another client in util.HeaderVia so spends a bound of its own, never
+// that client's.
+func targetsOwner(r *http.Request, fqdn string) string {
+	who := requestIdentity(r)
+	if who == "" || !authenticated(r) && !authenticatedIdentity(who) {
+		who = "source:" + sourceOf(r.RemoteAddr).String()
+	}
+	return rendezvous.NormalFQDN(fqdn) + " " + who
+}
+
 // pollTarget fills in the target a poll is for, when it names one
 // (util.HeaderTarget): a target of a client's targets file, on the host the
-// poll's body names, announced by the client named in util.HeaderVia. With
-// --auth.bind-fqdn-to-cert, the certificate must name that client too, so
-// that no client counts its targets against another's bound.
+// poll's body names, announced by the client named in util.HeaderVia. The
+// target counts against that client as the poller is (targetsOwner), so
+// that no poller spends another's bound; with --auth.bind-fqdn-to-cert,
+// the certificate must name that client too.
 func (p *proxy) pollTarget(r *http.Request, c *rendezvous.Client) error {
 	raw := r.Header.Get(util.HeaderTarget)
 	if raw == "" {
@@ -78,7 +93,7 @@ func (p *proxy) pollTarget(r *http.Request, c *rendezvous.Client) error {
 	if err := p.authorizePoll(r, via); err != nil {
 		return &clientError{http.StatusForbidden, err}
 	}
-	c.Target, c.Via = name, rendezvous.NormalFQDN(via)
+	c.Target, c.Via, c.Owner = name, rendezvous.NormalFQDN(via), targetsOwner(r, via)
 	return nil
 }
 

@@ -164,7 +164,7 @@ func (s *Session) SetTargets(targets []Target, admit func(Target) error) []error
 				continue
 			}
 		}
-		c := Client{FQDN: NormalFQDN(t.Host), Labels: t.Labels, Identity: s.client.Identity, Target: t.Name, Via: s.fqdn}
+		c := Client{FQDN: NormalFQDN(t.Host), Labels: t.Labels, Identity: s.client.Identity, Target: t.Name, Via: s.fqdn, Owner: s.client.Owner}
 		r, _, err := h.registry.find(c, now)
 		if err != nil {
 			errs[i] = err

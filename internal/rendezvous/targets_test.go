@@ -205,3 +205,25 @@ func TestSetTargetsAsksAdmitOnlyForNamesTheTunnelDoesNotAnswerForYet(t *testing.
 		t.Error("a target admit refused is registered")
 	}
 }
+
+func TestTargetsCountAgainstTheirOwnerNotAgainstTheViaTheyName(t *testing.T) {
+	clock := newFakeClock()
+	hub := New(Config{RegistrationTimeout: registrationTimeout, MaxClients: 10, MaxTargetsPerClient: 1, Now: clock.Now}, log.NewNopLogger(), prometheus.NewRegistry())
+	t.Cleanup(hub.Close)
+	h := &testHub{Hub: hub, clock: clock}
+	squat := Client{FQDN: "squat", Target: "squat:1", Via: "gw.example", Owner: "gw.example source:192.0.2.9/32"}
+	if _, err := h.Poll(context.Background(), squat, 0); err != nil && !errors.Is(err, ErrNoWork) {
+		t.Fatalf("poll of the squatter's target: %v", err)
+	}
+	gw := gateway()
+	gw.Owner = "gw.example source:192.0.2.1/32"
+	session := attach(t, h, gw, newFakeTunnel(), 1)
+	if errs := session.SetTargets([]Target{{Name: "a:1", Host: "a"}}, nil); errs[0] != nil {
+		t.Errorf("the gateway's target was refused: %v", errs[0])
+	}
+	for _, c := range h.Clients(0, 0) {
+		if c.Target == "" && c.FQDN == "gw.example" && c.Targets != 2 {
+			t.Errorf("the gateway's entry shows %d targets via it, want 2", c.Targets)
+		}
+	}
+}

@@ -21,6 +21,21 @@ type Client struct {
 	// it announced are counted and shown.
 	Target string
 	Via    string
+	// Owner is who the targets a client answers for count against
+	// (Config.MaxTargetsPerClient): for a target, the client that
+	// announced it as the proxy knows it, which the caller cannot claim
+	// for another client (its Via with its identity, or its source
+	// address); for a tunnel's client, the owner of the targets it will
+	// announce. Empty means Via, or the FQDN of a tunnel's client.
+	Owner string
+}
+
+// owner is who c, a target, counts against.
+func (c Client) owner() string {
+	if c.Owner != "" {
+		return c.Owner
+	}
+	return c.Via
 }
 
 // Scrape is one Prometheus request for a target. The caller fills in the
