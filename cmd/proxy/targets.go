@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -53,6 +54,20 @@ const (
 	// quote at most a name and a label.
 	maxRefusalReasonBytes = 1024
 )
+
+// scrapePort is the port a scrape's target URL u names, or the default of
+// the scheme the client will scrape it over (the URL parameter _scheme,
+// else http), as the client reads it: a target of a client's targets file
+// is routed to that client only on its port.
+func scrapePort(u *url.URL) string {
+	if port := u.Port(); port != "" {
+		return port
+	}
+	if scheme := u.Query().Get("_scheme"); scheme != "" {
+		return map[string]string{"http": "80", "https": "443"}[scheme]
+	}
+	return map[string]string{"http": "80", "https": "443"}[u.Scheme]
+}
 
 // targetsOwner is who the targets that the client of r announces as fqdn
 // count against (rendezvous.Client.Owner): the client's FQDN with who is

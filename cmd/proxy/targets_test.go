@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -449,5 +450,49 @@ func TestPollsNamingAnotherClientAsViaDoNotSpendItsTargets(t *testing.T) {
 	// The squatter's own bound is spent.
 	if code, text := squat(3); code == http.StatusNoContent || !strings.Contains(text, "--registration.max-targets-per-client") {
 		t.Errorf("a fourth target of the squatter: %d %q, want it refused for the bound", code, text)
+	}
+}
+
+// A gateway announcing nas:9633 must not be given the scrapes of the other
+// ports of nas ahead of nas's own client parked on a poll: the gateway
+// would refuse nas:9100, which is not in its targets file, and Prometheus
+// would get that refusal.
+func TestAScrapeOfAHostsOwnClientIsNotGivenToAGatewayThatListsAnotherPortOfIt(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	var toGateway atomic.Int64
+	gw := dialStreamPeer(t, tp, "gw", util.TunnelProtocolReuse, func(w io.Writer, req *http.Request) bool {
+		toGateway.Add(1)
+		resp := util.ErrorAnswer(io.ErrUnexpectedEOF)
+		header := util.AnswerHeader(resp.Header, req.Header.Get(util.HeaderID), 0, false, 0)
+		w.Write(util.EncodeAnswerHead(http.StatusInternalServerError, "", header))
+		return true
+	})
+	control, err := gw.session.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer control.Close()
+	if err := util.WriteTargetsMessage(control, util.Announcement{Targets: []util.AnnouncedTarget{{Target: "nas:9633"}}}); err != nil {
+		t.Fatal(err)
+	}
+	var answer util.AnnouncementAnswer
+	if err := util.ReadTargetsMessage(control, &answer); err != nil || len(answer.Refused) > 0 {
+		t.Fatalf("announcing: %v %+v", err, answer.Refused)
+	}
+	// nas's own client parks a poll.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		if resp, err := tp.poll(ctx, "nas", nil); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	tp.waitParked(t, 1)
+	// Answered by the gateway at once, or taken by the poll and given up
+	// after its timeout, as this test pushes no answer.
+	r := scrapeThrough(context.Background(), tp.srv.URL, "http://nas:9100/metrics", "2")
+	t.Logf("Prometheus got %d %q", r.status, r.body)
+	if n := toGateway.Load(); n > 0 {
+		t.Errorf("a scrape of nas:9100 went to the gateway that lists only nas:9633 (%d times)", n)
 	}
 }

@@ -247,6 +247,17 @@ func (g *registry) known(fqdn string, now time.Time) bool {
 	return false
 }
 
+// ownKnown reports whether a client of fqdn's own name is known, not
+// only targets on that host.
+func (g *registry) ownKnown(fqdn string, now time.Time) bool {
+	for _, r := range g.byFQDN[fqdn] {
+		if r.target == "" && g.alive(r, now) {
+			return true
+		}
+	}
+	return false
+}
+
 // collect forgets the registrations gone past the timeout and returns
 // them, for the log. The idle list is ordered by last contact, so it stops
 // at the first one still alive.

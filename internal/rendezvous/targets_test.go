@@ -55,7 +55,7 @@ func TestATunnelCarriesScrapesOfTheHostsOfTheTargetsItAnnounced(t *testing.T) {
 	if st := h.Stats(); st.Tunnels != 1 || st.Clients != 3 {
 		t.Errorf("stats = %+v, want one tunnel and three registrations", st)
 	}
-	scraped := h.startScrape(context.Background(), h.newScrape("a", "printer.example."))
+	scraped := h.startScrape(context.Background(), h.scrapeOf("a", "printer.example.", "9100"))
 	tunnel.next(t).answer("printer")
 	finish(t, "scrape of the printer", scraped, "printer")
 }
@@ -67,7 +67,7 @@ func TestAWithdrawnTargetIsForgottenAtOnceWhileItsScrapeInFlightFinishes(t *test
 	setTargets(t, session,
 		Target{Name: "127.0.0.2:9100", Host: "127.0.0.2"},
 		Target{Name: "127.0.0.3:9100", Host: "127.0.0.3"})
-	inFlight := h.startScrape(context.Background(), h.newScrape("a", "127.0.0.2"))
+	inFlight := h.startScrape(context.Background(), h.scrapeOf("a", "127.0.0.2", "9100"))
 	call := tunnel.next(t)
 	setTargets(t, session, Target{Name: "127.0.0.3:9100", Host: "127.0.0.3"})
 	if _, listed := targetsOf(h)["127.0.0.2:9100"]; listed {
@@ -77,7 +77,7 @@ func TestAWithdrawnTargetIsForgottenAtOnceWhileItsScrapeInFlightFinishes(t *test
 	finish(t, "the scrape in flight", inFlight, "a")
 
 	ctx := newDeadlineCtx()
-	late := h.queue(t, ctx, h.newScrape("b", "127.0.0.2"))
+	late := h.queue(t, ctx, h.scrapeOf("b", "127.0.0.2", "9100"))
 	tunnel.idle(t)
 	ctx.Expire()
 	if _, err := await(t, "the scrape of the withdrawn target", late); !errors.Is(err, ErrNoClient) {
@@ -105,7 +105,7 @@ func TestAnAddedTargetTakesTheScrapesQueuedForItsHost(t *testing.T) {
 	h := newTestHub(t, 10)
 	tunnel := newFakeTunnel()
 	session := attach(t, h, gateway(), tunnel, 1)
-	queued := h.queue(t, context.Background(), h.newScrape("a", "127.0.0.4"))
+	queued := h.queue(t, context.Background(), h.scrapeOf("a", "127.0.0.4", "9100"))
 	setTargets(t, session, Target{Name: "127.0.0.4:9100", Host: "127.0.0.4"})
 	tunnel.next(t).answer("a")
 	finish(t, "the queued scrape", queued, "a")
@@ -153,7 +153,7 @@ func TestTargetsOfAnEndedTunnelStayKnownUntilTheRegistrationTimeout(t *testing.T
 	}
 }
 
-func TestTwoTargetsOnOneHostAreTwoEntriesAndTheHostStaysRoutedUntilBothAreWithdrawn(t *testing.T) {
+func TestTwoTargetsOnOneHostAreTwoEntriesEachRoutedByItsPortUntilItIsWithdrawn(t *testing.T) {
 	h := newTestHub(t, 10)
 	tunnel := newFakeTunnel()
 	session := attach(t, h, gateway(), tunnel, 1)
@@ -165,12 +165,17 @@ func TestTwoTargetsOnOneHostAreTwoEntriesAndTheHostStaysRoutedUntilBothAreWithdr
 		t.Fatalf("listed %+v, want both targets of nas with their own labels", targets)
 	}
 	setTargets(t, session, smart)
-	scraped := h.startScrape(context.Background(), h.newScrape("a", "nas"))
+	scraped := h.startScrape(context.Background(), h.scrapeOf("a", "nas", "9633"))
 	tunnel.next(t).answer("smart")
-	finish(t, "a scrape of nas with one target left", scraped, "smart")
+	finish(t, "a scrape of nas:9633 with its target left", scraped, "smart")
+	// nas has no client of its own: a port the gateway does not list
+	// goes to it all the same, for its client to refuse with the reason.
+	scraped = h.startScrape(context.Background(), h.scrapeOf("b", "nas", "9100"))
+	tunnel.next(t).answer("not listed")
+	finish(t, "a scrape of the withdrawn nas:9100", scraped, "not listed")
 	setTargets(t, session)
 	ctx := newDeadlineCtx()
-	late := h.queue(t, ctx, h.newScrape("b", "nas"))
+	late := h.queue(t, ctx, h.scrapeOf("c", "nas", "9633"))
 	tunnel.idle(t)
 	ctx.Expire()
 	if _, err := await(t, "a scrape of nas with no target left", late); !errors.Is(err, ErrNoClient) {
@@ -225,5 +230,76 @@ func TestTargetsCountAgainstTheirOwnerNotAgainstTheViaTheyName(t *testing.T) {
 		if c.Target == "" && c.FQDN == "gw.example" && c.Targets != 2 {
 			t.Errorf("the gateway's entry shows %d targets via it, want 2", c.Targets)
 		}
+	}
+}
+
+// scrapeOf returns a scrape of host:port.
+func (h *testHub) scrapeOf(id, host, port string) *Scrape {
+	s := h.newScrape(id, host)
+	s.Port = port
+	return s
+}
+
+func TestATunnelTakesTheScrapesOfItsTargetsPortsOnlyAndAHostsOwnClientEveryOther(t *testing.T) {
+	h := newTestHub(t, 10)
+	tunnel := newFakeTunnel()
+	session := attach(t, h, gateway(), tunnel, 2)
+	setTargets(t, session, Target{Name: "nas:9633", Host: "nas"})
+	h.register(t, client("nas"))
+
+	// nas has a client of its own, not parked now: the gateway does not
+	// take a scrape of nas:9100.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	queued := h.queue(t, ctx, h.scrapeOf("a", "nas", "9100"))
+	tunnel.idle(t)
+	// Nor does a poll for another client's target nas:9633.
+	other := Client{FQDN: "nas", Target: "nas:9633", Via: "other.example"}
+	if _, err := h.Poll(context.Background(), other, 0); !errors.Is(err, ErrNoWork) {
+		t.Fatalf("a poll for the target nas:9633 = %v, want ErrNoWork", err)
+	}
+	// nas's own client does.
+	work, err := await(t, "the poll of nas", h.startPoll(context.Background(), client("nas")))
+	if err != nil || work.ID != "a" {
+		t.Fatalf("the poll of nas got %v %v, want scrape a", work, err)
+	}
+	work.Delivered()
+	cancel()
+	if _, err := await(t, "scrape a", queued); !errors.Is(err, ErrAbandoned) {
+		t.Errorf("scrape a = %v, want ErrAbandoned", err)
+	}
+
+	// The target's own port goes to the gateway, ahead of a poll of nas.
+	polled := h.park(t, context.Background(), client("nas"))
+	scraped := h.startScrape(context.Background(), h.scrapeOf("b", "nas", "9633"))
+	tunnel.next(t).answer("gateway")
+	finish(t, "scrape b", scraped, "gateway")
+	// Another port goes to the poll, not to the gateway's free slot.
+	scraped = h.startScrape(context.Background(), h.scrapeOf("c", "nas", "9100"))
+	work, err = await(t, "the parked poll of nas", polled)
+	if err != nil || work.ID != "c" {
+		t.Fatalf("the parked poll got %v %v, want scrape c", work, err)
+	}
+	tunnel.idle(t)
+	work.Undelivered() // no carrier is left for it: it queues again
+	h.waitStats(t, "scrape c to queue again", func(st Stats) bool { return st.Queued == 1 })
+	tunnel.idle(t)
+	setTargets(t, session) // withdrawn: nothing of nas is routed to the gateway
+
+	// A CONNECT is routed the same way.
+	if _, _, err := h.Stream("nas", "9100", 1); !errors.Is(err, ErrPollOnly) {
+		t.Errorf("CONNECT nas:9100 = %v, want ErrPollOnly (only nas's polls answer for it)", err)
+	}
+	setTargets(t, session, Target{Name: "nas:9633", Host: "nas"})
+	_, release, err := h.Stream("nas", "9633", 1)
+	if err != nil {
+		t.Fatalf("CONNECT nas:9633 = %v, want the gateway", err)
+	}
+	release()
+	// Scrape c is still queued: the re-announced gateway does not take it.
+	tunnel.idle(t)
+	h.Shutdown()
+	if _, err := await(t, "scrape c", scraped); !errors.Is(err, ErrShuttingDown) {
+		t.Errorf("scrape c = %v, want ErrShuttingDown", err)
 	}
 }
