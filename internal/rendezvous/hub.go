@@ -331,21 +331,43 @@ func (h *Hub) releaseSlotLocked(session *Session) {
 }
 
 // fillLocked hands queued scrapes of the hosts a tunnel answers for to
-// its free slots.
+// its free slots. It runs under the lock at each slot given back, so it
+// costs nothing when nothing is queued, and otherwise walks the smaller
+// of the hosts with a queue and the tunnel's hosts (up to
+// --registration.max-targets-per-client of them).
 func (h *Hub) fillLocked(session *Session) {
-	for host := range session.hosts {
-		anyPort := h.anyPortLocked(host)
-		for !session.detached && !h.closing && session.active < session.capacity {
-			// A scrape this tunnel did not take stays queued for others.
-			s, ok := h.queue.popWhere(host,
-				func(s *Scrape) bool { return s.ctx.Err() == nil },
-				func(s *Scrape) bool { return !tried(s, session) && (anyPort || session.serves(s.FQDN, s.Port)) })
-			if !ok {
-				break
+	if h.queue.len() == 0 || session.detached || h.closing || session.active >= session.capacity {
+		return
+	}
+	if len(h.queue.queues) < len(session.hosts) {
+		for host := range h.queue.queues {
+			if session.hosts[host] > 0 {
+				h.fillHostLocked(session, host)
 			}
-			h.reserveLocked(s, session)
-			s.events <- event{session: session}
 		}
+		return
+	}
+	for host := range session.hosts {
+		h.fillHostLocked(session, host)
+	}
+}
+
+// fillHostLocked hands queued scrapes of host to a tunnel's free slots.
+func (h *Hub) fillHostLocked(session *Session, host string) {
+	if len(h.queue.queues[host]) == 0 {
+		return
+	}
+	anyPort := h.anyPortLocked(host)
+	for !session.detached && !h.closing && session.active < session.capacity {
+		// A scrape this tunnel did not take stays queued for others.
+		s, ok := h.queue.popWhere(host,
+			func(s *Scrape) bool { return s.ctx.Err() == nil },
+			func(s *Scrape) bool { return !tried(s, session) && (anyPort || session.serves(s.FQDN, s.Port)) })
+		if !ok {
+			return
+		}
+		h.reserveLocked(s, session)
+		s.events <- event{session: session}
 	}
 }
 
