@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"reflect"
 	"runtime"
@@ -148,5 +149,36 @@ func TestReadingATargetsMessageAllocatesNoMoreThanWhatArrived(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	if got := after.TotalAlloc - before.TotalAlloc; got > 64<<10 {
 		t.Errorf("reading a 4-byte message allocated %d bytes", got)
+	}
+}
+
+// A client's targets file may list --targets.max (1024) targets whose
+// labels each pass CheckLabels (4096 bytes as the labels header encodes
+// them), and their announcement may still not fit in one control stream
+// message: JSON escapes "<" into 6 bytes and repeats the labels for each
+// target. CheckAnnouncement says so, for the client to refuse the file,
+// and WriteTargetsMessage writes nothing of it.
+func TestAnAnnouncementTooLargeForOneMessageIsRefusedBeforeAByteIsWritten(t *testing.T) {
+	labels := map[string]string{}
+	for i := range MaxLabels {
+		labels[fmt.Sprintf("l%02d", i)] = strings.Repeat("<", 40)
+	}
+	if err := CheckLabels(labels); err != nil {
+		t.Fatal(err)
+	}
+	var a Announcement
+	for i := range 1024 {
+		a.Targets = append(a.Targets, AnnouncedTarget{Target: fmt.Sprintf("host-%d.example:9100", i), Labels: labels})
+	}
+	if err := CheckAnnouncement(a); !errors.Is(err, ErrTargetsMessageTooLarge) {
+		t.Errorf("CheckAnnouncement = %v, want ErrTargetsMessageTooLarge", err)
+	}
+	var written bytes.Buffer
+	if err := WriteTargetsMessage(&written, a); !errors.Is(err, ErrTargetsMessageTooLarge) || written.Len() > 0 {
+		t.Errorf("WriteTargetsMessage = %v after writing %d bytes, want ErrTargetsMessageTooLarge and nothing written", err, written.Len())
+	}
+	a.Targets = a.Targets[:1]
+	if err := CheckAnnouncement(a); err != nil {
+		t.Errorf("one such target: %v", err)
 	}
 }
