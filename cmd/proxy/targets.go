@@ -71,12 +71,12 @@ func scrapePort(u *url.URL) string {
 
 // targetsOwner is who the targets that the client of r announces as fqdn
 // count against (rendezvous.Client.Owner): the client's FQDN with who is
-// asking, its identity when the proxy authenticated it and otherwise its
-// source address (as the rate limit counts sources). A poll that names
-// another client in util.HeaderVia so spends a bound of its own, never
-// that client's.
-func targetsOwner(r *http.Request, fqdn string) string {
-	who := requestIdentity(r)
+// asking, its identity (as requestIdentity returns it) when the proxy
+// authenticated it and otherwise its source address (as the rate limit
+// counts sources). A poll that names another client in util.HeaderVia so
+// spends a bound of its own, never that client's.
+func targetsOwner(r *http.Request, identity, fqdn string) string {
+	who := identity
 	if who == "" || !authenticated(r) && !authenticatedIdentity(who) {
 		who = "source:" + sourceOf(r.RemoteAddr).String()
 	}
@@ -108,7 +108,7 @@ func (p *proxy) pollTarget(r *http.Request, c *rendezvous.Client) error {
 	if err := p.authorizePoll(r, via); err != nil {
 		return &clientError{http.StatusForbidden, err}
 	}
-	c.Target, c.Via, c.Owner = name, rendezvous.NormalFQDN(via), targetsOwner(r, via)
+	c.Target, c.Via, c.Owner = name, rendezvous.NormalFQDN(via), targetsOwner(r, c.Identity, via)
 	return nil
 }
 
