@@ -27,11 +27,21 @@ const (
 	HeaderTargets = "Pushprox-Targets"
 	// TargetsVersion is the version of the control stream's messages.
 	TargetsVersion = "1"
-	// MaxTargetsMessage bounds one control stream message: 1024 targets
-	// with labels of MaxLabelsBytes each fit, and a peer cannot make the
-	// other hold more.
+	// MaxTargetsMessage bounds one control stream message, so that a
+	// peer cannot make the other hold more. It does not hold every
+	// announcement a valid targets file could make: JSON writes a label
+	// byte that the labels header encodes in 3 in 6 ("<" is %3C there and
+	// \u003c here) and repeats a group's labels for each target, so 1024
+	// targets with MaxLabelsBytes of labels each can take about 8 MiB.
+	// 4 MiB holds 1024 targets with 3 KiB of plain labels each; a client
+	// refuses a targets file whose announcement would not fit
+	// (CheckAnnouncement), as it refuses one that does not parse.
 	MaxTargetsMessage = 4 << 20
 )
+
+// ErrTargetsMessageTooLarge says that a control stream message would
+// exceed MaxTargetsMessage.
+var ErrTargetsMessageTooLarge = fmt.Errorf("targets message larger than %d bytes", MaxTargetsMessage)
 
 // ParseTarget checks a target as a targets file lists it, host:port, and
 // returns it without surrounding white space, with its host. The host must
@@ -95,6 +105,19 @@ type RefusedTarget struct {
 	Reason string `json:"reason"`
 }
 
+// CheckAnnouncement says why a cannot be announced: its message would
+// exceed MaxTargetsMessage (ErrTargetsMessageTooLarge).
+func CheckAnnouncement(a Announcement) error {
+	body, err := json.Marshal(a)
+	if err != nil {
+		return err
+	}
+	if len(body) > MaxTargetsMessage {
+		return fmt.Errorf("%w: its announcement takes %d bytes", ErrTargetsMessageTooLarge, len(body))
+	}
+	return nil
+}
+
 // WriteTargetsMessage writes v (an Announcement or AnnouncementAnswer) as
 // one control stream message: its JSON length as 4 bytes, big-endian,
 // then its JSON.
@@ -104,7 +127,7 @@ func WriteTargetsMessage(w io.Writer, v any) error {
 		return err
 	}
 	if len(body) > MaxTargetsMessage {
-		return fmt.Errorf("targets message of %d bytes, at most %d allowed", len(body), MaxTargetsMessage)
+		return fmt.Errorf("%w: %d bytes", ErrTargetsMessageTooLarge, len(body))
 	}
 	msg := make([]byte, 4, 4+len(body))
 	binary.BigEndian.PutUint32(msg, uint32(len(body)))
@@ -126,8 +149,13 @@ func ReadTargetsMessage(r io.Reader, v any) error {
 	if n > MaxTargetsMessage {
 		return fmt.Errorf("targets message of %d bytes, at most %d allowed", n, MaxTargetsMessage)
 	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(r, body); err != nil {
+	// The body grows with what arrives, not with what the length claims:
+	// a peer that sends a length and stops holds no more than it sent.
+	body, err := io.ReadAll(io.LimitReader(r, int64(n)))
+	if err == nil && len(body) < int(n) {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
 		return fmt.Errorf("targets message cut after its length: %w", err)
 	}
 	if err := json.Unmarshal(body, v); err != nil {

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -131,4 +133,52 @@ func FuzzReadTargetsMessage(f *testing.F) {
 			t.Fatalf("read back %+v, want %+v", second, first)
 		}
 	})
+}
+
+// A peer that sends only a length must not make ReadTargetsMessage
+// allocate the whole length before a byte of the message has come: that
+// would be 4 MiB per control stream for 4 bytes sent, on a proxy without
+// authentication.
+func TestReadingATargetsMessageAllocatesNoMoreThanWhatArrived(t *testing.T) {
+	var header [4]byte
+	binary.BigEndian.PutUint32(header[:], MaxTargetsMessage)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	var v Announcement
+	_ = ReadTargetsMessage(bytes.NewReader(header[:]), &v)
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > 64<<10 {
+		t.Errorf("reading a 4-byte message allocated %d bytes", got)
+	}
+}
+
+// A client's targets file may list --targets.max (1024) targets whose
+// labels each pass CheckLabels (4096 bytes as the labels header encodes
+// them), and their announcement may still not fit in one control stream
+// message: JSON escapes "<" into 6 bytes and repeats the labels for each
+// target. CheckAnnouncement says so, for the client to refuse the file,
+// and WriteTargetsMessage writes nothing of it.
+func TestAnAnnouncementTooLargeForOneMessageIsRefusedBeforeAByteIsWritten(t *testing.T) {
+	labels := map[string]string{}
+	for i := range MaxLabels {
+		labels[fmt.Sprintf("l%02d", i)] = strings.Repeat("<", 40)
+	}
+	if err := CheckLabels(labels); err != nil {
+		t.Fatal(err)
+	}
+	var a Announcement
+	for i := range 1024 {
+		a.Targets = append(a.Targets, AnnouncedTarget{Target: fmt.Sprintf("host-%d.example:9100", i), Labels: labels})
+	}
+	if err := CheckAnnouncement(a); !errors.Is(err, ErrTargetsMessageTooLarge) {
+		t.Errorf("CheckAnnouncement = %v, want ErrTargetsMessageTooLarge", err)
+	}
+	var written bytes.Buffer
+	if err := WriteTargetsMessage(&written, a); !errors.Is(err, ErrTargetsMessageTooLarge) || written.Len() > 0 {
+		t.Errorf("WriteTargetsMessage = %v after writing %d bytes, want ErrTargetsMessageTooLarge and nothing written", err, written.Len())
+	}
+	a.Targets = a.Targets[:1]
+	if err := CheckAnnouncement(a); err != nil {
+		t.Errorf("one such target: %v", err)
+	}
 }

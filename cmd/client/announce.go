@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/go-kit/log"
@@ -39,12 +41,20 @@ func (c *client) serveTargetsOnTunnel(ctx, scrapeCtx context.Context, up *upstre
 
 // announceTargets opens the tunnel's control stream and announces the
 // whole list of targets on it, at first and after each change, until ctx
-// ends or the stream fails. Targets the proxy refuses are logged with its
-// reason.
+// ends. Targets the proxy refuses are logged with its reason. A list too
+// large for one message is not sent: the client waits for the next change
+// (a targets file is refused when read if it is too large, so only a list
+// made otherwise gets there). A control stream that fails ends the
+// tunnel: the proxy takes one control stream per tunnel, so the client
+// reconnects and announces on the new tunnel rather than going silent on
+// this one.
 func (c *client) announceTargets(ctx context.Context, session *yamux.Session, logger log.Logger) {
 	stream, err := session.OpenStream()
 	if err != nil {
-		level.Warn(logger).Log("msg", "cannot open the targets control stream", "err", err)
+		if ctx.Err() == nil {
+			level.Warn(logger).Log("msg", "cannot open the targets control stream, ending the tunnel", "err", err)
+			session.Close()
+		}
 		return
 	}
 	defer stream.Close()
@@ -53,27 +63,38 @@ func (c *client) announceTargets(ctx context.Context, session *yamux.Session, lo
 	defer stopClosing()
 	for {
 		list, changed := c.targets.current()
-		if err := util.WriteTargetsMessage(stream, list.announcement()); err != nil {
-			if ctx.Err() == nil {
-				level.Warn(logger).Log("msg", "announcing targets failed", "err", err)
+		if err := c.announceOnce(stream, list, logger); err != nil {
+			if ctx.Err() != nil {
+				return
 			}
-			return
-		}
-		var answer util.AnnouncementAnswer
-		if err := util.ReadTargetsMessage(stream, &answer); err != nil {
-			if ctx.Err() == nil {
-				level.Warn(logger).Log("msg", "reading the answer to the targets announced failed", "err", err)
+			if !errors.Is(err, util.ErrTargetsMessageTooLarge) {
+				level.Warn(logger).Log("msg", "targets control stream failed, ending the tunnel", "err", err)
+				session.Close()
+				return
 			}
-			return
+			level.Error(logger).Log("msg", "targets not announced, waiting for the next change", "targets", len(list.targets), "err", err)
 		}
-		for _, refused := range answer.Refused {
-			level.Warn(logger).Log("msg", "proxy refused a target", "target", refused.Target, "err", refused.Reason)
-		}
-		level.Info(logger).Log("msg", "targets announced", "targets", len(list.targets), "refused", len(answer.Refused))
 		select {
 		case <-changed:
 		case <-ctx.Done():
 			return
 		}
 	}
+}
+
+// announceOnce announces list on the control stream and logs the proxy's
+// answer.
+func (c *client) announceOnce(stream *yamux.Stream, list *targetList, logger log.Logger) error {
+	if err := util.WriteTargetsMessage(stream, list.announcement()); err != nil {
+		return fmt.Errorf("announcing targets: %w", err)
+	}
+	var answer util.AnnouncementAnswer
+	if err := util.ReadTargetsMessage(stream, &answer); err != nil {
+		return fmt.Errorf("reading the answer to the targets announced: %w", err)
+	}
+	for _, refused := range answer.Refused {
+		level.Warn(logger).Log("msg", "proxy refused a target", "target", refused.Target, "err", refused.Reason)
+	}
+	level.Info(logger).Log("msg", "targets announced", "targets", len(list.targets), "refused", len(answer.Refused))
+	return nil
 }

@@ -119,6 +119,9 @@ func parseTargets(name string, content []byte, clientLabels map[string]string, m
 			list.targets = append(list.targets, target{name: targetName, host: host, labels: labels})
 		}
 	}
+	if err := util.CheckAnnouncement(list.announcement()); err != nil {
+		return nil, fmt.Errorf("%s: cannot be announced on a tunnel, list fewer targets or shorter labels: %w", name, err)
+	}
 	return list, nil
 }
 

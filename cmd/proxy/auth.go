@@ -313,16 +313,29 @@ func requestIdentity(r *http.Request) string {
 			names = append(names, ip.String())
 		}
 		sort.Strings(names)
-		return fmt.Sprintf("cert:issuer=%s subject=%s names=%s", leaf.Issuer, leaf.Subject, strings.Join(names, ","))
+		return fmt.Sprintf("%sissuer=%s subject=%s names=%s", identityCert, leaf.Issuer, leaf.Subject, strings.Join(names, ","))
 	}
 	if user, ok := r.Context().Value(authUserKey{}).(string); ok {
-		return "user:" + user
+		return identityUser + user
 	}
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		digest := sha256.Sum256(r.TLS.PeerCertificates[0].RawSubjectPublicKeyInfo)
 		return "key:" + hex.EncodeToString(digest[:])
 	}
 	return ""
+}
+
+// Prefixes of the identities requestIdentity returns for a request the
+// proxy authenticated: a verified client certificate, a checked password.
+const (
+	identityCert = "cert:"
+	identityUser = "user:"
+)
+
+// authenticatedIdentity says whether an identity requestIdentity returned
+// is of an authenticated request.
+func authenticatedIdentity(identity string) bool {
+	return strings.HasPrefix(identity, identityCert) || strings.HasPrefix(identity, identityUser)
 }
 
 // authorizePoll says why the client of r may not poll as fqdn. With

@@ -109,7 +109,8 @@ func (p *proxy) clientOf(r *http.Request, rawFQDN string) (rendezvous.Client, er
 	if err := p.authorizePoll(r, fqdn); err != nil {
 		return rendezvous.Client{}, &clientError{http.StatusForbidden, err}
 	}
-	client := rendezvous.Client{FQDN: fqdn, Labels: labels, Identity: requestIdentity(r)}
+	identity := requestIdentity(r)
+	client := rendezvous.Client{FQDN: fqdn, Labels: labels, Identity: identity, Owner: targetsOwner(r, identity, fqdn)}
 	return client, p.pollTarget(r, &client)
 }
 

@@ -104,7 +104,7 @@ func (p *proxy) handleConnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer p.connectsOpen.Add(-1)
-	carrier, release, err := p.hub.Stream(fqdn, p.cfg.connectMaxPerClient)
+	carrier, release, err := p.hub.Stream(fqdn, port, p.cfg.connectMaxPerClient)
 	switch {
 	case errors.Is(err, rendezvous.ErrPollOnly):
 		refuse(connectPollOnly, http.StatusBadGateway, "client %q: %v", fqdn, err)

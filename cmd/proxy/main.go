@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/go-kit/log/level"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/rancher/pushprox/internal/rendezvous"
 	"github.com/rancher/pushprox/util"
 )
 
@@ -119,7 +121,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		Default("1000").IntVar(&cfg.registrationBurst)
 
 	app.Flag("registration.max-targets-per-client", "Most targets one client may answer for from its targets file (each counts among --registration.max-clients); more are refused with the reason.").
-		Default("1024").IntVar(&cfg.maxTargetsPerClient)
+		Default(strconv.Itoa(rendezvous.DefaultMaxTargetsPerClient)).IntVar(&cfg.maxTargetsPerClient)
 	maxPushBytes := app.Flag("push.max-body-size", "Largest scrape answer a client may push (e.g. 512MiB).").
 		Default("1GiB").Bytes()
 	app.Flag("web.shutdown-timeout", "How long a stopping proxy waits for scrapes in flight.").

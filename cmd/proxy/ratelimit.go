@@ -2,6 +2,7 @@ package main
 
 import (
 	"container/list"
+	"fmt"
 	"math"
 	"net/http"
 	"net/netip"
@@ -155,8 +156,34 @@ func (p *proxy) admit(w http.ResponseWriter, r *http.Request, c rendezvous.Clien
 	p.metrics.registrationsRefused.WithLabelValues(refusedRateLimited).Inc()
 	level.Debug(p.logger).Log("msg", "registration refused", "fqdn", c.FQDN, "source", source, "err", "rate limited")
 	w.Header().Set("Retry-After", retryAfterSeconds(wait))
-	httpError(w, http.StatusTooManyRequests,
-		"too many new clients registered from %s: at most %g a second in bursts of %d per source while the proxy has no authentication (--registration.rate-per-source, --registration.burst-per-source)",
-		source, float64(p.limiter.rate), p.limiter.burst)
+	httpError(w, http.StatusTooManyRequests, "%v", p.rateLimited(source))
 	return false
+}
+
+// rateLimited says why a registration from source was refused.
+func (p *proxy) rateLimited(source netip.Prefix) error {
+	return fmt.Errorf("too many new clients registered from %s: at most %g a second in bursts of %d per source while the proxy has no authentication (--registration.rate-per-source, --registration.burst-per-source)",
+		source, float64(p.limiter.rate), p.limiter.burst)
+}
+
+// admitTargets returns what admits each target a tunnel announces that it
+// did not answer for yet (rendezvous.Session.SetTargets): each is a new
+// registration, so without authentication it takes a token of the source's
+// bucket as a new poll's does, and is refused with the reason when there
+// is none. The tunnel's handshake request r keeps only its connection's
+// TLS state and peer address; identity is the one its client registered
+// with, which tells a checked password. It returns nil when nothing is
+// limited.
+func (p *proxy) admitTargets(r *http.Request, identity string) func(rendezvous.Target) error {
+	if p.limiter == nil || authenticated(r) || authenticatedIdentity(identity) {
+		return nil
+	}
+	source := sourceOf(r.RemoteAddr)
+	return func(t rendezvous.Target) error {
+		if _, ok := p.limiter.allow(source); ok {
+			return nil
+		}
+		p.metrics.registrationsRefused.WithLabelValues(refusedRateLimited).Inc()
+		return p.rateLimited(source)
+	}
 }

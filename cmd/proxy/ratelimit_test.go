@@ -18,11 +18,6 @@ import (
 	"github.com/rancher/pushprox/util"
 )
 
-var (
-	sourceA = netip.MustParsePrefix("192.0.2.1/32")
-	sourceB = netip.MustParsePrefix("192.0.2.2/32")
-)
-
 // buckets returns how many sources have a bucket kept.
 func buckets(l *sourceLimiter) int {
 	l.mu.Lock()
@@ -31,6 +26,7 @@ func buckets(l *sourceLimiter) int {
 }
 
 func TestASourceRegistersItsBurstAtOnceThenOneClientPerInterval(t *testing.T) {
+	sourceA := netip.MustParsePrefix("192.0.2.1/32")
 	clock := testclock.New(time.Unix(1e9, 0))
 	l := newSourceLimiter(2, 3, clock.Now)
 	for i := range 3 {
@@ -55,6 +51,8 @@ func TestASourceRegistersItsBurstAtOnceThenOneClientPerInterval(t *testing.T) {
 }
 
 func TestEachSourceHasABucketOfItsOwn(t *testing.T) {
+	sourceA := netip.MustParsePrefix("192.0.2.1/32")
+	sourceB := netip.MustParsePrefix("192.0.2.2/32")
 	clock := testclock.New(time.Unix(1e9, 0))
 	l := newSourceLimiter(1, 1, clock.Now)
 	if _, ok := l.allow(sourceA); !ok {
@@ -69,6 +67,8 @@ func TestEachSourceHasABucketOfItsOwn(t *testing.T) {
 }
 
 func TestABucketUnusedUntilFullIsForgotten(t *testing.T) {
+	sourceA := netip.MustParsePrefix("192.0.2.1/32")
+	sourceB := netip.MustParsePrefix("192.0.2.2/32")
 	clock := testclock.New(time.Unix(1e9, 0))
 	l := newSourceLimiter(10, 5, clock.Now) // full again after 500ms
 	l.allow(sourceA)
@@ -105,6 +105,7 @@ func TestTheTableOfSourcesIsBoundedAndDropsTheLeastRecentlyUsed(t *testing.T) {
 }
 
 func TestAZeroRateOrBurstTurnsTheLimitOff(t *testing.T) {
+	sourceA := netip.MustParsePrefix("192.0.2.1/32")
 	for _, tc := range []struct {
 		rate  float64
 		burst int
@@ -272,5 +273,63 @@ func TestARegistrationRefusedByAFullRegistryIsCountedWithItsReason(t *testing.T)
 	}
 	if got := testutil.ToFloat64(tp.metrics.registrationsRefused.WithLabelValues(refusedRateLimited)); got != 0 {
 		t.Errorf("registrations refused as rate_limited = %v, want 0", got)
+	}
+}
+
+// The per-source limit on new registrations holds for polls and tunnel
+// handshakes, and for the targets a tunnel then announces on its control
+// stream: else one source with a burst of 1 would register 1001 clients.
+func TestTargetsAnnouncedOnATunnelCountAgainstTheSourcesRegistrationLimit(t *testing.T) {
+	cfg := defaultConfig()
+	clock := testclock.New(time.Unix(1e9, 0))
+	cfg.clock = clock.Now // no token comes back
+	cfg.registrationRate = 1
+	cfg.registrationBurst = 1
+	tp := startProxy(t, cfg)
+	peer := dialStreamPeer(t, tp, "gateway", util.TunnelProtocolReuse, func(io.Writer, *http.Request) bool { return false })
+	if code, _, _ := pollNow(t, clientFrom(t, "127.0.0.1"), tp.srv.URL, "another", nil); code != http.StatusTooManyRequests {
+		t.Fatalf("a poll for a new FQDN after the burst: %d, want 429", code)
+	}
+	control, err := peer.session.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer control.Close()
+	var announced util.Announcement
+	for i := range 1000 {
+		announced.Targets = append(announced.Targets, util.AnnouncedTarget{Target: fmt.Sprintf("made-up-%d.example:9100", i)})
+	}
+	if err := util.WriteTargetsMessage(control, announced); err != nil {
+		t.Fatal(err)
+	}
+	var answer util.AnnouncementAnswer
+	if err := util.ReadTargetsMessage(control, &answer); err != nil {
+		t.Fatal(err)
+	}
+	if len(answer.Refused) == 0 {
+		t.Error("no target refused")
+	}
+	if accepted := len(tp.registeredTargets()); accepted > 0 {
+		t.Errorf("a source out of tokens registered %d new targets on its tunnel", accepted)
+	}
+}
+
+func TestTargetsATunnelAnnouncesAgainTakeNoTokenAndRefusalsSayTheLimit(t *testing.T) {
+	cfg := defaultConfig()
+	clock := testclock.New(time.Unix(1e9, 0))
+	cfg.clock = clock.Now // no token comes back
+	cfg.registrationRate = 1
+	cfg.registrationBurst = 3 // the tunnel, then two targets
+	tp := startProxy(t, cfg)
+	control := openControl(t, dialStreamPeer(t, tp, "gateway", util.TunnelProtocolReuse, silentPeer))
+	if answer := announce(t, control, "a.example:9100", "b.example:9100"); len(answer.Refused) > 0 {
+		t.Fatalf("targets within the burst refused: %+v", answer.Refused)
+	}
+	answer := announce(t, control, "a.example:9100", "b.example:9100", "c.example:9100")
+	if len(answer.Refused) != 1 || answer.Refused[0].Target != "c.example:9100" {
+		t.Fatalf("refused %+v, want only the new target c.example:9100", answer.Refused)
+	}
+	if reason := answer.Refused[0].Reason; !strings.Contains(reason, "--registration.rate-per-source") {
+		t.Errorf("the refusal %q does not name the limit", reason)
 	}
 }

@@ -59,7 +59,7 @@ func (p *proxy) scrape(w http.ResponseWriter, r *http.Request) (outcome string, 
 	if rc != nil {
 		_ = rc.SetReadDeadline(time.Time{})
 	}
-	s := &rendezvous.Scrape{ID: id, FQDN: fqdn, Request: request, Deadline: deadline}
+	s := &rendezvous.Scrape{ID: id, FQDN: fqdn, Port: scrapePort(r.URL), Request: request, Deadline: deadline}
 	answer, err := p.hub.Scrape(ctx, s)
 	if err != nil {
 		code, outcome := hubError(err)

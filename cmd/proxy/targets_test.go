@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -316,13 +318,21 @@ func TestABrokenTargetsFileKeepsTheTargetsServed(t *testing.T) {
 func TestAnnouncedTargetsTheCertificateDoesNotNameAreRefusedWithTheReason(t *testing.T) {
 	cfg := defaultConfig()
 	cfg.bindFQDNToCert = true
-	cfg.maxTargetsPerClient = 2
+	cfg.maxTargetsPerClient = 6
 	tp := startProxy(t, cfg)
 	session, err := tp.hub.Attach(rendezvous.Client{FQDN: "gw.example"}, nil, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer session.Detach()
+	// Four targets of the gateway's bound are spent by its polls, so that
+	// two of the announcement's fit.
+	for i := range 4 {
+		polled := rendezvous.Client{FQDN: fmt.Sprintf("polled-%d.site.example", i), Target: fmt.Sprintf("polled-%d.site.example:9100", i), Via: "gw.example"}
+		if _, err := tp.hub.Poll(context.Background(), polled, 0); !errors.Is(err, rendezvous.ErrNoWork) {
+			t.Fatalf("poll of %s: %v", polled.Target, err)
+		}
+	}
 	leaf := &x509.Certificate{DNSNames: []string{"gw.example", "*.site.example"}}
 	r := &http.Request{TLS: &tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{leaf}}}}
 	answer := tp.applyTargets(r, session, util.Announcement{Targets: []util.AnnouncedTarget{
@@ -366,7 +376,7 @@ func TestTheLandingPageAndMetricsShowTheTargetsOfEachClient(t *testing.T) {
 	for _, err := range session.SetTargets([]rendezvous.Target{
 		{Name: "nas.example:9100", Host: "nas.example"},
 		{Name: "nas.example:9633", Host: "nas.example", Labels: map[string]string{"exporter": "smart"}},
-	}) {
+	}, nil) {
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -399,5 +409,90 @@ func TestSIGHUPReloadsTheTargetsFileAtOnce(t *testing.T) {
 	tp.waitListed(t, "both targets after SIGHUP", map[string]map[string]string{a: {"region": "eu"}, b: {"region": "eu"}})
 	if r := scrapeThrough(context.Background(), tp.srv.URL, "http://"+b+"/metrics", "10"); r.err != nil || r.status != http.StatusOK || r.body != "b 1\n" {
 		t.Errorf("scrape of the target added on SIGHUP: %d %q %v", r.status, r.body, r.err)
+	}
+}
+
+// Pushprox-Via is what the poller says: polls from another host that name
+// a client as Via must not spend that client's
+// --registration.max-targets-per-client, or its own tunnel's targets
+// would then be refused.
+func TestPollsNamingAnotherClientAsViaDoNotSpendItsTargets(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.maxTargetsPerClient = 3
+	tp := startProxy(t, cfg)
+	squatter := clientFrom(t, "127.0.0.2")
+	squat := func(i int) (int, string) {
+		host := fmt.Sprintf("squat-%d.example", i)
+		req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, tp.srv.URL+"/poll", strings.NewReader(host))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set(util.HeaderTarget, host+":9100")
+		req.Header.Set(util.HeaderVia, "victim")
+		req.Header.Set(util.HeaderPrefer, "wait=0")
+		resp, err := squatter.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		text, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(text)
+	}
+	for i := range 3 {
+		if code, text := squat(i); code != http.StatusNoContent {
+			t.Fatalf("poll %d of the squatter: %d %s", i, code, text)
+		}
+	}
+	control := openControl(t, dialStreamPeer(t, tp, "victim", util.TunnelProtocolReuse, silentPeer))
+	if answer := announce(t, control, "nas.example:9100"); len(answer.Refused) > 0 {
+		t.Errorf("the victim's own target was refused: %+v", answer.Refused)
+	}
+	// The squatter's own bound is spent.
+	if code, text := squat(3); code == http.StatusNoContent || !strings.Contains(text, "--registration.max-targets-per-client") {
+		t.Errorf("a fourth target of the squatter: %d %q, want it refused for the bound", code, text)
+	}
+}
+
+// A gateway announcing nas:9633 must not be given the scrapes of the other
+// ports of nas ahead of nas's own client parked on a poll: the gateway
+// would refuse nas:9100, which is not in its targets file, and Prometheus
+// would get that refusal.
+func TestAScrapeOfAHostsOwnClientIsNotGivenToAGatewayThatListsAnotherPortOfIt(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	var toGateway atomic.Int64
+	gw := dialStreamPeer(t, tp, "gw", util.TunnelProtocolReuse, func(w io.Writer, req *http.Request) bool {
+		toGateway.Add(1)
+		resp := util.ErrorAnswer(io.ErrUnexpectedEOF)
+		header := util.AnswerHeader(resp.Header, req.Header.Get(util.HeaderID), 0, false, 0)
+		w.Write(util.EncodeAnswerHead(http.StatusInternalServerError, "", header))
+		return true
+	})
+	control, err := gw.session.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer control.Close()
+	if err := util.WriteTargetsMessage(control, util.Announcement{Targets: []util.AnnouncedTarget{{Target: "nas:9633"}}}); err != nil {
+		t.Fatal(err)
+	}
+	var answer util.AnnouncementAnswer
+	if err := util.ReadTargetsMessage(control, &answer); err != nil || len(answer.Refused) > 0 {
+		t.Fatalf("announcing: %v %+v", err, answer.Refused)
+	}
+	// nas's own client parks a poll.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		if resp, err := tp.poll(ctx, "nas", nil); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	tp.waitParked(t, 1)
+	// Answered by the gateway at once, or taken by the poll and given up
+	// after its timeout, as this test pushes no answer.
+	r := scrapeThrough(context.Background(), tp.srv.URL, "http://nas:9100/metrics", "2")
+	t.Logf("Prometheus got %d %q", r.status, r.body)
+	if n := toGateway.Load(); n > 0 {
+		t.Errorf("a scrape of nas:9100 went to the gateway that lists only nas:9633 (%d times)", n)
 	}
 }

@@ -7,9 +7,13 @@
 // tunnel (Attach), one long-lived connection that carries many scrapes at
 // once, each as a stream of its own. A tunnel may also carry the scrapes of
 // targets its client announces (Session.SetTargets), routed by their
-// hosts. A Hub routes each scrape to a live carrier of its FQDN (tunnels
-// with a free slot first, then the oldest parked poll), or queues it until
-// one comes, within the scrape's context.
+// hosts and ports: a client's own FQDN takes scrapes of any port of it, a
+// target (a tunnel's or a poll's, Client.Target) those of its own port,
+// and of any port of its host only while no client of the host's own name
+// is known (Scrape.Port). A Hub routes each scrape to a live carrier of
+// its FQDN and port (tunnels with a free slot first, then the oldest
+// parked poll), or queues it until one comes, within the scrape's
+// context.
 //
 // # Concurrency contract
 //

@@ -243,16 +243,19 @@ func (h *Hub) withdrawQueued(s *Scrape) bool {
 	return true
 }
 
-// dispatchLocked gives s to a carrier of its FQDN: a tunnel with a free
-// slot, which it returns for the caller to carry s on, or the oldest live
-// parked poll; or else queues it, at the front when it had been taken
-// before.
+// dispatchLocked gives s to a carrier of its FQDN and port: a tunnel with
+// a free slot, which it returns for the caller to carry s on, or the
+// oldest live parked poll; or else queues it, at the front when it had
+// been taken before.
 func (h *Hub) dispatchLocked(s *Scrape, front bool) *Session {
 	if session := h.freeSessionLocked(s); session != nil {
 		h.reserveLocked(s, session)
 		return session
 	}
-	if p, ok := h.polls.pop(s.FQDN, func(p *poll) bool { return p.ctx.Err() == nil }); ok {
+	anyPort := h.anyPortLocked(s.FQDN)
+	if p, ok := h.polls.popWhere(s.FQDN,
+		func(p *poll) bool { return p.ctx.Err() == nil },
+		func(p *poll) bool { return anyPort || p.serves(s) }); ok {
 		h.handLocked(s, p)
 		return nil
 	}
@@ -269,8 +272,9 @@ func (h *Hub) dispatchLocked(s *Scrape, front bool) *Session {
 // free slot that s has not tried yet.
 func (h *Hub) freeSessionLocked(s *Scrape) *Session {
 	var best *Session
+	anyPort := h.anyPortLocked(s.FQDN)
 	for _, session := range h.tunnels[s.FQDN] {
-		if session.active >= session.capacity || tried(s, session) {
+		if session.active >= session.capacity || tried(s, session) || !anyPort && !session.serves(s.FQDN, s.Port) {
 			continue
 		}
 		if best == nil || session.active < best.active {
@@ -278,6 +282,17 @@ func (h *Hub) freeSessionLocked(s *Scrape) *Session {
 		}
 	}
 	return best
+}
+
+// anyPortLocked says whether a carrier of targets on host may take a
+// scrape of any port of it, not only of its targets' ports: while no
+// client of host's own name is known, so that a scrape of a port nobody
+// lists is refused at once by a client that answers for the host, with
+// its reason, instead of waiting for a carrier that will not come. Once
+// the host has a client of its own, the ports the targets do not list are
+// that client's.
+func (h *Hub) anyPortLocked(host string) bool {
+	return !h.registry.ownKnown(host, h.now())
 }
 
 func tried(s *Scrape, session *Session) bool {
@@ -316,20 +331,43 @@ func (h *Hub) releaseSlotLocked(session *Session) {
 }
 
 // fillLocked hands queued scrapes of the hosts a tunnel answers for to
-// its free slots.
+// its free slots. It runs under the lock at each slot given back, so it
+// costs nothing when nothing is queued, and otherwise walks the smaller
+// of the hosts with a queue and the tunnel's hosts (up to
+// --registration.max-targets-per-client of them).
 func (h *Hub) fillLocked(session *Session) {
-	for host := range session.hosts {
-		for !session.detached && !h.closing && session.active < session.capacity {
-			// A scrape this tunnel did not take stays queued for others.
-			s, ok := h.queue.popWhere(host,
-				func(s *Scrape) bool { return s.ctx.Err() == nil },
-				func(s *Scrape) bool { return !tried(s, session) })
-			if !ok {
-				break
+	if h.queue.len() == 0 || session.detached || h.closing || session.active >= session.capacity {
+		return
+	}
+	if len(h.queue.queues) < len(session.hosts) {
+		for host := range h.queue.queues {
+			if session.hosts[host] > 0 {
+				h.fillHostLocked(session, host)
 			}
-			h.reserveLocked(s, session)
-			s.events <- event{session: session}
 		}
+		return
+	}
+	for host := range session.hosts {
+		h.fillHostLocked(session, host)
+	}
+}
+
+// fillHostLocked hands queued scrapes of host to a tunnel's free slots.
+func (h *Hub) fillHostLocked(session *Session, host string) {
+	if len(h.queue.queues[host]) == 0 {
+		return
+	}
+	anyPort := h.anyPortLocked(host)
+	for !session.detached && !h.closing && session.active < session.capacity {
+		// A scrape this tunnel did not take stays queued for others.
+		s, ok := h.queue.popWhere(host,
+			func(s *Scrape) bool { return s.ctx.Err() == nil },
+			func(s *Scrape) bool { return !tried(s, session) && (anyPort || session.serves(s.FQDN, s.Port)) })
+		if !ok {
+			return
+		}
+		h.reserveLocked(s, session)
+		s.events <- event{session: session}
 	}
 }
 

@@ -71,10 +71,16 @@ func (h *Hub) Poll(ctx context.Context, c Client, wait time.Duration) (*Work, er
 	}
 	h.registry.connect(r, TransportPoll, now)
 	p := &poll{ctx: ctx, client: c, reg: r, handed: make(chan *Scrape, 1)}
+	if c.Target != "" {
+		p.port = targetPort(c.Target)
+	}
 	// A poll whose connection is already gone takes no queued scrape: it
 	// parks like any dead poll, is handed nothing, and gives up below.
 	if ctx.Err() == nil {
-		if s, ok := h.queue.pop(c.FQDN, func(s *Scrape) bool { return s.ctx.Err() == nil }); ok {
+		anyPort := h.anyPortLocked(c.FQDN)
+		if s, ok := h.queue.popWhere(c.FQDN,
+			func(s *Scrape) bool { return s.ctx.Err() == nil },
+			func(s *Scrape) bool { return anyPort || p.serves(s) }); ok {
 			h.handLocked(s, p)
 			h.mu.Unlock()
 			return h.work(p, <-p.handed), nil

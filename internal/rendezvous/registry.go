@@ -44,6 +44,7 @@ type registration struct {
 	fqdn      string
 	target    string // host:port as listed, or empty for a client's own name
 	via       string // the FQDN of the client that announced target
+	owner     string // who target counts against (Client.Owner)
 	labels    *labelSet
 	lastSeen  time.Time // last contact; while connected, refreshed when read
 	polls     int       // polls of it being served now
@@ -79,12 +80,14 @@ type labelSet struct {
 type registry struct {
 	timeout    time.Duration
 	maxClients int
-	maxTargets int                                 // per announcing client (via)
+	maxTargets int                                 // per owner (Client.Owner)
 	byFQDN     map[string]map[string]*registration // by FQDN, then registrationKey
 	count      int
 	// targets counts the target registrations by the client that
-	// announced them (via).
-	targets    map[string]int
+	// announced them (via), as shown.
+	targets map[string]int
+	// owned counts the target registrations by owner, against maxTargets.
+	owned      map[string]int
 	labelSets  map[string]*labelSet
 	labelBytes int
 	// idle lists the registrations without a live carrier, least
@@ -99,6 +102,7 @@ func newRegistry(timeout time.Duration, maxClients, maxTargets int) registry {
 		maxTargets: maxTargets,
 		byFQDN:     map[string]map[string]*registration{},
 		targets:    map[string]int{},
+		owned:      map[string]int{},
 		labelSets:  map[string]*labelSet{},
 		idle:       list.New(),
 	}
@@ -117,7 +121,7 @@ func (g *registry) find(c Client, now time.Time) (r *registration, created bool,
 	if len(byLabels) >= MaxLabelSetsPerFQDN {
 		return nil, false, ErrTooManyLabelSets
 	}
-	if c.Target != "" && g.targets[c.Via] >= g.maxTargets {
+	if c.Target != "" && g.owned[c.owner()] >= g.maxTargets {
 		return nil, false, fmt.Errorf("%w: at most %d", ErrTooManyTargets, g.maxTargets)
 	}
 	set := g.labelSets[labelsKey]
@@ -147,8 +151,9 @@ func (g *registry) find(c Client, now time.Time) (r *registration, created bool,
 	}
 	r = &registration{fqdn: c.FQDN, labels: set, lastSeen: now}
 	if c.Target != "" {
-		r.target, r.via = c.Target, c.Via
+		r.target, r.via, r.owner = c.Target, c.Via, c.owner()
 		g.targets[c.Via]++
+		g.owned[r.owner]++
 	}
 	byLabels[key] = r
 	g.count++
@@ -209,6 +214,9 @@ func (g *registry) forget(r *registration) {
 		if g.targets[r.via]--; g.targets[r.via] == 0 {
 			delete(g.targets, r.via)
 		}
+		if g.owned[r.owner]--; g.owned[r.owner] == 0 {
+			delete(g.owned, r.owner)
+		}
 	}
 	g.count--
 	if r.labels.refs--; r.labels.refs == 0 {
@@ -233,6 +241,17 @@ func (g *registry) alive(r *registration, now time.Time) bool {
 func (g *registry) known(fqdn string, now time.Time) bool {
 	for _, r := range g.byFQDN[fqdn] {
 		if g.alive(r, now) {
+			return true
+		}
+	}
+	return false
+}
+
+// ownKnown reports whether a client of fqdn's own name is known, not
+// only targets on that host.
+func (g *registry) ownKnown(fqdn string, now time.Time) bool {
+	for _, r := range g.byFQDN[fqdn] {
+		if r.target == "" && g.alive(r, now) {
 			return true
 		}
 	}

@@ -29,6 +29,10 @@ type Session struct {
 	// and the hosts of its targets. The session is among hub.tunnels of
 	// each. Guarded by hub.mu.
 	hosts map[string]int
+	// ports counts its targets by host (normal form) and port: a target
+	// answers for its own port only, its client's own FQDN for any.
+	// Guarded by hub.mu.
+	ports map[string]int
 	// targets holds the registrations of the announced targets by name;
 	// guarded by hub.mu.
 	targets map[string]*registration
@@ -37,16 +41,18 @@ type Session struct {
 // Target is a name a tunnel's client answers for besides its own FQDN.
 type Target struct {
 	Name   string // host:port, as the client lists it; distinct per call
-	Host   string // the host of Name, by which scrapes are routed
+	Host   string // the host of Name; scrapes are routed by host and port
 	Labels map[string]string
 }
 
-// Stream picks a tunnel of a client of fqdn for a byte stream (a CONNECT),
-// the one with the fewest streams, if it has fewer than maxStreams.
+// Stream picks a tunnel of a client of fqdn that answers for port (any
+// port of its own FQDN, the port of a target; routed as a Scrape is) for
+// a byte stream (a CONNECT), the one with the fewest streams, if it has
+// fewer than maxStreams.
 // release must be called once the stream ends. It fails at once, never
 // waits: with ErrShuttingDown, ErrPollOnly when the FQDN's clients have only
 // polls, ErrTooManyStreams, or ErrClientIdle or ErrNoClient.
-func (h *Hub) Stream(fqdn string, maxStreams int) (t Tunnel, release func(), err error) {
+func (h *Hub) Stream(fqdn, port string, maxStreams int) (t Tunnel, release func(), err error) {
 	fqdn = NormalFQDN(fqdn)
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -54,7 +60,11 @@ func (h *Hub) Stream(fqdn string, maxStreams int) (t Tunnel, release func(), err
 		return nil, nil, ErrShuttingDown
 	}
 	var best *Session
+	anyPort := h.anyPortLocked(fqdn)
 	for _, session := range h.tunnels[fqdn] {
+		if !anyPort && !session.serves(fqdn, port) {
+			continue
+		}
 		if best == nil || session.streams < best.streams {
 			best = session
 		}
@@ -110,19 +120,26 @@ func (h *Hub) Attach(c Client, t Tunnel, capacity int) (*Session, error) {
 	h.registry.connect(r, TransportTunnel, now)
 	h.metrics.connects.WithLabelValues(TransportTunnel).Inc()
 	level.Debug(h.logger).Log("msg", "client registered", "fqdn", c.FQDN, "transport", TransportTunnel)
-	session := &Session{hub: h, client: c, fqdn: c.FQDN, reg: r, tunnel: t, capacity: max(capacity, 1), hosts: map[string]int{}}
+	session := &Session{hub: h, client: c, fqdn: c.FQDN, reg: r, tunnel: t, capacity: max(capacity, 1), hosts: map[string]int{}, ports: map[string]int{}}
 	session.addHostLocked(c.FQDN)
 	h.fillLocked(session)
 	return session, nil
 }
 
+// Identity is the identity that authenticated the tunnel's client, as
+// Attach was given it.
+func (s *Session) Identity() string { return s.client.Identity }
+
 // SetTargets makes targets the whole set of names the tunnel answers for
 // besides its client's own FQDN, replacing the previous set: names no
 // longer listed are withdrawn at once (scrapes already on the tunnel
-// finish), new ones registered and routed to it. The result holds, for
-// each target, nil or why it was refused (ErrTooManyTargets,
-// ErrTooManyClients, ErrTooManyLabelSets, ErrDetached).
-func (s *Session) SetTargets(targets []Target) []error {
+// finish), new ones registered and routed to it. admit, unless nil, is
+// called for each target whose name the tunnel does not answer for yet,
+// before it is registered; an error refuses the target. It is called with
+// the hub's lock held, so it must be quick and must not call the hub. The
+// result holds, for each target, nil or why it was refused (admit's error,
+// ErrTooManyTargets, ErrTooManyClients, ErrTooManyLabelSets, ErrDetached).
+func (s *Session) SetTargets(targets []Target, admit func(Target) error) []error {
 	h := s.hub
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -151,7 +168,13 @@ func (s *Session) SetTargets(targets []Target) []error {
 	}
 	for _, i := range added {
 		t := targets[i]
-		c := Client{FQDN: NormalFQDN(t.Host), Labels: t.Labels, Identity: s.client.Identity, Target: t.Name, Via: s.fqdn}
+		if admit != nil && s.targets[t.Name] == nil {
+			if err := admit(t); err != nil {
+				errs[i] = err
+				continue
+			}
+		}
+		c := Client{FQDN: NormalFQDN(t.Host), Labels: t.Labels, Identity: s.client.Identity, Target: t.Name, Via: s.fqdn, Owner: s.client.Owner}
 		r, _, err := h.registry.find(c, now)
 		if err != nil {
 			errs[i] = err
@@ -159,6 +182,7 @@ func (s *Session) SetTargets(targets []Target) []error {
 		}
 		h.registry.connect(r, TransportTunnel, now)
 		s.addHostLocked(r.fqdn)
+		s.ports[hostPort(r.fqdn, targetPort(t.Name))]++
 		next[t.Name] = r
 	}
 	s.targets = next
@@ -175,8 +199,21 @@ func (s *Session) withdrawLocked(r *registration, now time.Time) {
 	if !r.connected() {
 		h.registry.forget(r)
 	}
+	key := hostPort(r.fqdn, targetPort(r.target))
+	if s.ports[key]--; s.ports[key] == 0 {
+		delete(s.ports, key)
+	}
 	s.removeHostLocked(r.fqdn)
 }
+
+// serves says whether the tunnel answers for port of host (its normal
+// form): its client's own FQDN on any port, a target on its own.
+func (s *Session) serves(host, port string) bool {
+	return host == s.fqdn || s.ports[hostPort(host, port)] > 0
+}
+
+// hostPort is the key of a host's port in Session.ports.
+func hostPort(host, port string) string { return host + " " + port }
 
 // addHostLocked routes scrapes of host to the session.
 func (s *Session) addHostLocked(host string) {
@@ -228,4 +265,5 @@ func (s *Session) Detach() {
 		h.registry.disconnect(r, TransportTunnel, now)
 	}
 	s.targets = nil
+	clear(s.ports)
 }

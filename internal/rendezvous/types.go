@@ -2,6 +2,7 @@ package rendezvous
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -21,14 +22,47 @@ type Client struct {
 	// it announced are counted and shown.
 	Target string
 	Via    string
+	// Owner is who the targets a client answers for count against
+	// (Config.MaxTargetsPerClient): for a target, the client that
+	// announced it as the proxy knows it, which the caller cannot claim
+	// for another client (its Via with its identity, or its source
+	// address); for a tunnel's client, the owner of the targets it will
+	// announce. Empty means Via, or the FQDN of a tunnel's client.
+	Owner string
+}
+
+// serves says whether a poll takes s: of its FQDN, and of its target's
+// port when it polls for a target.
+func (p *poll) serves(s *Scrape) bool { return p.port == "" || p.port == s.Port }
+
+// targetPort is the port of a target's name, host:port.
+func targetPort(name string) string {
+	_, port, _ := net.SplitHostPort(name)
+	return port
+}
+
+// owner is who c, a target, counts against.
+func (c Client) owner() string {
+	if c.Owner != "" {
+		return c.Owner
+	}
+	return c.Via
 }
 
 // Scrape is one Prometheus request for a target. The caller fills in the
 // exported fields and hands it to Hub.Scrape once; it must not change
 // them afterwards.
 type Scrape struct {
-	ID       string    // names the scrape on the wire
-	FQDN     string    // the target's host; the hub routes by its normal form
+	ID   string // names the scrape on the wire
+	FQDN string // the target's host; the hub routes by its normal form
+	// Port is the target's port. A client's own FQDN answers for every
+	// port of it, a target (Client.Target) for its own port only, so
+	// that a gateway listing nas:9633 is not given the scrapes of
+	// nas:9100 when nas has a client of its own; while it has none, a
+	// carrier of a target on the host takes any port (and its client
+	// refuses those it does not list, with the reason). Empty matches
+	// only clients' own FQDNs.
+	Port     string
 	Request  []byte    // the request in the wire format, as a poll carries it
 	Deadline time.Time // when Prometheus stops waiting
 
@@ -90,6 +124,9 @@ type Tunnel interface {
 type poll struct {
 	ctx    context.Context // ends when the client's connection is gone
 	client Client
+	// port is the port of the poll's target, or empty when it polls as
+	// a client's own FQDN, for every port.
+	port   string
 	reg    *registration
 	handed chan *Scrape // capacity 1, so handing over never blocks under the lock
 }
