@@ -157,6 +157,21 @@ func authenticated(r *http.Request) bool {
 	return required || verifiedLeaf(r) != nil
 }
 
+// authOnly returns a request with only what authenticated and
+// authorizePoll read of r: its TLS state, peer address and checked
+// credentials, to be kept for as long as a tunnel lasts without the rest
+// of the request.
+func authOnly(r *http.Request) *http.Request {
+	ctx := context.Background()
+	if user, ok := r.Context().Value(authUserKey{}).(string); ok {
+		ctx = context.WithValue(ctx, authUserKey{}, user)
+	}
+	if required, ok := r.Context().Value(certRequiredKey{}).(bool); ok {
+		ctx = context.WithValue(ctx, certRequiredKey{}, required)
+	}
+	return (&http.Request{TLS: r.TLS, RemoteAddr: r.RemoteAddr}).WithContext(ctx)
+}
+
 // handler checks each request's credentials against basic_auth_users
 // before next sees it. Prometheus authenticates as to any HTTP proxy, with
 // Proxy-Authorization, and its Authorization header stays the target's;

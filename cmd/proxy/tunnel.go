@@ -139,7 +139,7 @@ func (p *proxy) handleTunnel(w http.ResponseWriter, r *http.Request) {
 	// connection state and the handler's stack are freed; a goroutine
 	// that starts small serves the tunnel. What authorising announced
 	// targets needs of the request is kept.
-	peer := &http.Request{TLS: r.TLS, RemoteAddr: r.RemoteAddr}
+	peer := authOnly(r)
 	go func() {
 		defer untrack()
 		defer carrier.closeIdle()
