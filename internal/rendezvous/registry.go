@@ -155,7 +155,9 @@ func (g *registry) find(c Client, now time.Time) (r *registration, created bool,
 		g.targets[c.Via]++
 		g.owned[r.owner]++
 	}
-	byLabels[key] = r
+	// The key of a client's own name is the interned label key itself, so
+	// that a registration holds its labels' encoding once.
+	byLabels[registrationKey(c.Target, set.key)] = r
 	g.count++
 	r.idle = g.idle.PushBack(r)
 	return r, true, nil
@@ -226,8 +228,12 @@ func (g *registry) forget(r *registration) {
 }
 
 // registrationKey names a registration among those of its FQDN: a target
-// and a client's own name with the same labels are two registrations.
+// and a client's own name with the same labels are two registrations. A
+// client's own name is keyed by its label key alone, which holds no NUL.
 func registrationKey(target, labelsKey string) string {
+	if target == "" {
+		return labelsKey
+	}
 	return target + "\x00" + labelsKey
 }
 

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 func TestAnFQDNHasAtMostMaxLabelSetsPerFQDN(t *testing.T) {
@@ -320,4 +322,18 @@ func labelString(labels map[string]string) string {
 		out += k + "=" + labels[k]
 	}
 	return out
+}
+
+func TestARegistrationHoldsTheEncodingOfItsLabelsOnce(t *testing.T) {
+	g := newRegistry(time.Minute, 10, DefaultMaxTargetsPerClient)
+	labels := map[string]string{"site": strings.Repeat("x", 3000)}
+	r, created, err := g.find(Client{FQDN: "node", Labels: labels}, time.Unix(0, 0))
+	if err != nil || !created {
+		t.Fatalf("find: %v %v", created, err)
+	}
+	for key := range g.byFQDN["node"] {
+		if unsafe.StringData(key) != unsafe.StringData(r.labels.key) {
+			t.Error("the registration's key is a copy of its interned label key")
+		}
+	}
 }
