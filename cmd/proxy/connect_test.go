@@ -72,9 +72,7 @@ func TestHTTPSTargetIsScrapedThroughATunnelWithTLSFromEndToEnd(t *testing.T) {
 	tp := startProxy(t, defaultConfig())
 	ca := testpki.NewCA(t, "scraper CA")
 	target := startTLSTarget(t, ca.Pool())
-	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=tunnel")...)
-	client.WaitForOutput(clientTunnelOpen)
-	tp.waitTunnels(t, 1)
+	tp.startTunnelClient(t, "127.0.0.1", tp.srv.URL, 1, "--proxy.transport=tunnel")
 	cert := ca.Client(t, "prometheus").TLSCertificate(t)
 	scraper := httpsScraper(t, tp.srv.URL, target, &cert)
 
@@ -107,9 +105,7 @@ func TestIdleConnectTunnelIsClosed(t *testing.T) {
 	cfg.connectIdleTimeout = 300 * time.Millisecond
 	tp := startProxy(t, cfg)
 	target := startTLSTarget(t, nil)
-	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=tunnel")...)
-	client.WaitForOutput(clientTunnelOpen)
-	tp.waitTunnels(t, 1)
+	tp.startTunnelClient(t, "127.0.0.1", tp.srv.URL, 1, "--proxy.transport=tunnel")
 	resp, err := httpsScraper(t, tp.srv.URL, target, nil).Get(target.URL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -126,9 +122,7 @@ func TestConnectRefusalsNameTheirCause(t *testing.T) {
 	closedAddr := closed.Addr().String()
 	closed.Close()
 
-	tunnelClient := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=tunnel", "--allow-port="+targetPort)...)
-	tunnelClient.WaitForOutput(clientTunnelOpen)
-	tp.waitTunnels(t, 1)
+	tp.startTunnelClient(t, "127.0.0.1", tp.srv.URL, 1, "--proxy.transport=tunnel", "--allow-port="+targetPort)
 	pollClient := testbin.Start(t, clientBinary, clientArgs("127.0.0.2", tp.srv.URL, "--proxy.transport=poll")...)
 	pollClient.WaitForOutput(clientPolling)
 	tp.waitParked(t, 1)
@@ -153,9 +147,7 @@ func TestConnectRefusalsNameTheirCause(t *testing.T) {
 		})
 	}
 	t.Run("a target the client cannot reach", func(t *testing.T) {
-		other := testbin.Start(t, clientBinary, clientArgs("127.0.0.3", tp.srv.URL, "--proxy.transport=tunnel")...)
-		other.WaitForOutput(clientTunnelOpen)
-		tp.waitTunnels(t, 2)
+		tp.startTunnelClient(t, "127.0.0.3", tp.srv.URL, 2, "--proxy.transport=tunnel")
 		code, reason := rawConnect(t, tp.srv.Listener.Addr().String(), "127.0.0.3:"+closedPort)
 		if code != http.StatusBadGateway || !strings.Contains(reason, "connecting to target") {
 			t.Errorf("got %d %q, want 502 with the dial error", code, reason)
@@ -190,9 +182,7 @@ func rawConnect(t *testing.T, proxyAddr, target string) (int, string) {
 func TestAStoppingClientEndsAConnectTunnelKeptOpenAfterItsShutdownTimeout(t *testing.T) {
 	tp := startProxy(t, defaultConfig())
 	target := startTLSTarget(t, nil)
-	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=tunnel", "--web.shutdown-timeout=300ms")...)
-	client.WaitForOutput(clientTunnelOpen)
-	tp.waitTunnels(t, 1)
+	client := tp.startTunnelClient(t, "127.0.0.1", tp.srv.URL, 1, "--proxy.transport=tunnel", "--web.shutdown-timeout=300ms")
 	// Prometheus keeps its connection to the target open between scrapes.
 	conn, err := net.Dial("tcp", tp.srv.Listener.Addr().String())
 	if err != nil {

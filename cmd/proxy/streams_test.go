@@ -17,7 +17,6 @@ import (
 
 	"github.com/hashicorp/yamux"
 
-	"github.com/rancher/pushprox/internal/testbin"
 	"github.com/rancher/pushprox/util"
 )
 
@@ -230,9 +229,7 @@ func TestTunnelClientAnswersScrapeAfterScrapeOfATargetWithoutALength(t *testing.
 		}
 	}))
 	defer target.Close()
-	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=tunnel")...)
-	client.WaitForOutput(clientTunnelOpen)
-	tp.waitTunnels(t, 1)
+	tp.startTunnelClient(t, "127.0.0.1", tp.srv.URL, 1, "--proxy.transport=tunnel")
 	for i := range 3 {
 		r := scrapeThrough(context.Background(), tp.srv.URL, target.URL+"/metrics", "10")
 		if r.err != nil || r.status != http.StatusOK || r.body != body {
@@ -264,9 +261,7 @@ func TestAScrapeWhoseAnswerBreaksBeforeItsFirstByteIsMadeOnceAndAnsweredWithTheR
 		conn.Close()
 	}))
 	defer target.Close()
-	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=tunnel")...)
-	client.WaitForOutput(clientTunnelOpen)
-	tp.waitTunnels(t, 1)
+	tp.startTunnelClient(t, "127.0.0.1", tp.srv.URL, 1, "--proxy.transport=tunnel")
 	// Scrapes at once leave idle streams on the tunnel.
 	var wg sync.WaitGroup
 	for range 4 {

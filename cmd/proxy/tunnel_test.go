@@ -23,9 +23,7 @@ var clientTunnelOpen = regexp.MustCompile(`msg="tunnel open"`)
 func TestTunnelCarriesManyScrapesAtOnceOnOneConnection(t *testing.T) {
 	tp := startProxy(t, defaultConfig())
 	target := startTarget(t, "up 1\n")
-	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=tunnel")...)
-	client.WaitForOutput(clientTunnelOpen)
-	tp.waitTunnels(t, 1)
+	tp.startTunnelClient(t, "127.0.0.1", tp.srv.URL, 1, "--proxy.transport=tunnel")
 
 	const scrapes = 20
 	var wg sync.WaitGroup
@@ -89,9 +87,7 @@ func TestAClientWhoseTunnelIsRateLimitedAsksForATunnelAgainInsteadOfPolling(t *t
 	}))
 	t.Cleanup(busy.Close)
 	target := startTarget(t, "up 1\n")
-	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", busy.URL, "--proxy.transport=auto")...)
-	client.WaitForOutput(clientTunnelOpen)
-	tp.waitTunnels(t, 1)
+	client := tp.startTunnelClient(t, "127.0.0.1", busy.URL, 1, "--proxy.transport=auto")
 	if strings.Contains(client.Output(), "polling instead") {
 		t.Errorf("the client took a 429 for a proxy without tunnels:\n%s", client.Output())
 	}
@@ -106,9 +102,7 @@ func TestAClientWhoseTunnelIsRateLimitedAsksForATunnelAgainInsteadOfPolling(t *t
 func TestTunnelClientKilledMidScrapeFailsTheScrapeAtOnceAndANewOneServes(t *testing.T) {
 	tp := startProxy(t, defaultConfig())
 	blocking := startBlockingTarget(t, "slow 1\n")
-	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=tunnel")...)
-	client.WaitForOutput(clientTunnelOpen)
-	tp.waitTunnels(t, 1)
+	client := tp.startTunnelClient(t, "127.0.0.1", tp.srv.URL, 1, "--proxy.transport=tunnel")
 	result := goScrape(context.Background(), tp.srv.URL, blocking.URL+"/metrics", "60")
 	<-blocking.arrived
 	client.Kill()
@@ -119,9 +113,7 @@ func TestTunnelClientKilledMidScrapeFailsTheScrapeAtOnceAndANewOneServes(t *test
 	waitFor(t, "the dead tunnel to detach", func() bool { return tp.hub.Stats().Tunnels == 0 })
 
 	target := startTarget(t, "up 1\n")
-	replacement := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=tunnel")...)
-	replacement.WaitForOutput(clientTunnelOpen)
-	tp.waitTunnels(t, 1)
+	tp.startTunnelClient(t, "127.0.0.1", tp.srv.URL, 1, "--proxy.transport=tunnel")
 	if r := scrapeThrough(context.Background(), tp.srv.URL, target.URL+"/metrics", "10"); r.status != http.StatusOK {
 		t.Errorf("scrape through the new tunnel: %d %q %v", r.status, r.body, r.err)
 	}
@@ -159,9 +151,7 @@ func TestHostileTunnelPeerIsClosedAndOtherClientsAreServed(t *testing.T) {
 	waitFor(t, "the hostile tunnel to detach", func() bool { return tp.hub.Stats().Tunnels == 0 })
 
 	target := startTarget(t, "up 1\n")
-	client := testbin.Start(t, clientBinary, clientArgs("127.0.0.1", tp.srv.URL, "--proxy.transport=auto")...)
-	client.WaitForOutput(clientTunnelOpen)
-	tp.waitTunnels(t, 1)
+	tp.startTunnelClient(t, "127.0.0.1", tp.srv.URL, 1, "--proxy.transport=auto")
 	if r := scrapeThrough(context.Background(), tp.srv.URL, target.URL+"/metrics", "10"); r.status != http.StatusOK {
 		t.Errorf("scrape of another client: %d %q %v", r.status, r.body, r.err)
 	}
@@ -221,6 +211,17 @@ func (tp *testProxy) gauge(t *testing.T, name, labelValue string) float64 {
 	}
 	t.Fatalf("no series %s{...=%q}", name, labelValue)
 	return 0
+}
+
+// startTunnelClient starts a client for fqdn with the given flags (a
+// --proxy.transport among them) towards proxyURL and waits until its
+// tunnel is open and tp has tunnels attached.
+func (tp *testProxy) startTunnelClient(t *testing.T, fqdn, proxyURL string, tunnels int, flags ...string) *testbin.Process {
+	t.Helper()
+	client := testbin.Start(t, clientBinary, clientArgs(fqdn, proxyURL, flags...)...)
+	client.WaitForOutput(clientTunnelOpen)
+	tp.waitTunnels(t, tunnels)
+	return client
 }
 
 // waitTunnels waits until n tunnels are attached: a client logs its tunnel
