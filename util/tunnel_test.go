@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"io"
 	"net/http"
-	"net/http/httputil"
 	"strings"
 	"testing"
 )
@@ -52,16 +51,14 @@ func TestTheTunnelHandshakeChoosesStreamReuseWhenTheClientOffersIt(t *testing.T)
 
 func TestAnAnswerReaderReadsAnswersOneAfterAnotherThenEOF(t *testing.T) {
 	var stream bytes.Buffer
-	stream.Write(EncodeAnswerHead(http.StatusOK, "", AnswerHeader(http.Header{}, "a", 0, false, 5)))
-	stream.WriteString("first")
-	chunked := AnswerHeader(http.Header{}, "b", 0, false, -1)
-	chunked.Set("Transfer-Encoding", "chunked")
-	stream.Write(EncodeAnswerHead(http.StatusNotFound, "", chunked))
-	chunks := httputil.NewChunkedWriter(&stream)
-	io.WriteString(chunks, "sec")
-	io.WriteString(chunks, "ond")
-	chunks.Close()
-	stream.WriteString("\r\n")
+	first := &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("first")), ContentLength: 5}
+	second := &http.Response{StatusCode: http.StatusNotFound, Header: http.Header{}, Body: io.NopCloser(io.MultiReader(strings.NewReader("sec"), strings.NewReader("ond"))), ContentLength: -1}
+	if err := WriteAnswer(&stream, first, "a", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteAnswer(&stream, second, "b", true); err != nil {
+		t.Fatal(err)
+	}
 
 	answers := NewAnswerReader(&stream)
 	for _, want := range []struct {

@@ -3,6 +3,7 @@ package util
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -186,6 +187,85 @@ func FuzzScrapeRequestRoundTrip(f *testing.F) {
 		}
 		if got.Header.Get(HeaderID) != "id" || got.URL.Host != r.URL.Host {
 			t.Fatalf("round trip of %q gave host %q, Id %q", rawURL, got.URL.Host, got.Header.Get(HeaderID))
+		}
+	})
+}
+
+func TestAnAnswerWrittenToAnyWriterReadsBackAsTheWireForm(t *testing.T) {
+	deadline, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(deadline, http.MethodGet, "http://node1:9100/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name       string
+		length     int64 // of the response; -1 unknown
+		body       string
+		delimit    bool // as on a tunnel stream that carries more
+		wantLength string
+	}{
+		{name: "with a length", length: 5, body: "up 1\n", wantLength: "5"},
+		{name: "without a length", length: -1, body: "up 1\n", wantLength: ""},
+		{name: "without a length, delimited in chunks, followed by more", length: -1, body: strings.Repeat("up 1\n", 10000), delimit: true, wantLength: ""},
+		{name: "with a length, delimited, followed by more", length: 5, body: "up 1\n", delimit: true, wantLength: "5"},
+		{name: "empty", length: 0, body: "", wantLength: "0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := &http.Response{
+				StatusCode:    http.StatusOK,
+				Header:        http.Header{"Content-Type": {"text/plain"}, "Connection": {"close"}},
+				Body:          io.NopCloser(strings.NewReader(tc.body)),
+				ContentLength: tc.length,
+				Request:       req,
+			}
+			var wire bytes.Buffer
+			if err := WriteAnswer(&wire, resp, "scrape-1", tc.delimit); err != nil {
+				t.Fatal(err)
+			}
+			if tc.delimit {
+				next := &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("next")), ContentLength: 4}
+				if err := WriteAnswer(&wire, next, "scrape-next", true); err != nil {
+					t.Fatal(err)
+				}
+			}
+			answers := NewAnswerReader(&wire)
+			got, err := answers.Next()
+			if err != nil {
+				t.Fatalf("decoding %q: %v", wire.String(), err)
+			}
+			body, _ := io.ReadAll(got.Body)
+			if got.StatusCode != http.StatusOK || string(body) != tc.body {
+				t.Errorf("read back %d, %d bytes, want 200 and %d bytes", got.StatusCode, len(body), len(tc.body))
+			}
+			if tc.delimit && !Delimited(got) {
+				t.Error("a delimited answer reads back undelimited")
+			}
+			if tc.delimit {
+				next, err := answers.Next()
+				if err != nil || next.Header.Get(HeaderID) != "scrape-next" {
+					t.Errorf("the answer after a delimited one: %v %v", next, err)
+				}
+			}
+			if got.Header.Get(HeaderID) != "scrape-1" || got.Header.Get("Content-Type") != "text/plain" {
+				t.Errorf("read back header %v", got.Header)
+			}
+			if l := got.Header.Get("Content-Length"); l != tc.wantLength {
+				t.Errorf("Content-Length %q, want %q", l, tc.wantLength)
+			}
+			if got.Header.Get("Connection") != "" {
+				t.Error("a hop-by-hop header was written")
+			}
+			left, err := HeaderTimeout(got.Header, HeaderScrapeTimeout)
+			if err != nil || left > 5*time.Second {
+				t.Errorf("seconds left %v (%v), want at most 5s", left, err)
+			}
+		})
+	}
+	t.Run("a body shorter than its length is an error", func(t *testing.T) {
+		resp := &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("up")), ContentLength: 10}
+		if err := WriteAnswer(io.Discard, resp, "scrape-2", false); err == nil {
+			t.Error("no error")
 		}
 	})
 }

@@ -20,85 +20,6 @@ import (
 
 // What a scrape answers, whatever carries it.
 
-func TestAnAnswerWrittenToAnyWriterReadsBackAsTheWireForm(t *testing.T) {
-	deadline, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(deadline, http.MethodGet, "http://node1:9100/metrics", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		name       string
-		length     int64 // of the response; -1 unknown
-		body       string
-		delimit    bool // as on a tunnel stream that carries more
-		wantLength string
-	}{
-		{name: "with a length", length: 5, body: "up 1\n", wantLength: "5"},
-		{name: "without a length", length: -1, body: "up 1\n", wantLength: ""},
-		{name: "without a length, delimited in chunks, followed by more", length: -1, body: strings.Repeat("up 1\n", 10000), delimit: true, wantLength: ""},
-		{name: "with a length, delimited, followed by more", length: 5, body: "up 1\n", delimit: true, wantLength: "5"},
-		{name: "empty", length: 0, body: "", wantLength: "0"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			resp := &http.Response{
-				StatusCode:    http.StatusOK,
-				Header:        http.Header{"Content-Type": {"text/plain"}, "Connection": {"close"}},
-				Body:          io.NopCloser(strings.NewReader(tc.body)),
-				ContentLength: tc.length,
-				Request:       req,
-			}
-			var wire bytes.Buffer
-			if err := writeAnswer(&wire, resp, "scrape-1", tc.delimit); err != nil {
-				t.Fatal(err)
-			}
-			if tc.delimit {
-				next := &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("next")), ContentLength: 4}
-				if err := writeAnswer(&wire, next, "scrape-next", true); err != nil {
-					t.Fatal(err)
-				}
-			}
-			answers := util.NewAnswerReader(&wire)
-			got, err := answers.Next()
-			if err != nil {
-				t.Fatalf("decoding %q: %v", wire.String(), err)
-			}
-			body, _ := io.ReadAll(got.Body)
-			if got.StatusCode != http.StatusOK || string(body) != tc.body {
-				t.Errorf("read back %d, %d bytes, want 200 and %d bytes", got.StatusCode, len(body), len(tc.body))
-			}
-			if tc.delimit && !util.Delimited(got) {
-				t.Error("a delimited answer reads back undelimited")
-			}
-			if tc.delimit {
-				next, err := answers.Next()
-				if err != nil || next.Header.Get(util.HeaderID) != "scrape-next" {
-					t.Errorf("the answer after a delimited one: %v %v", next, err)
-				}
-			}
-			if got.Header.Get(util.HeaderID) != "scrape-1" || got.Header.Get("Content-Type") != "text/plain" {
-				t.Errorf("read back header %v", got.Header)
-			}
-			if l := got.Header.Get("Content-Length"); l != tc.wantLength {
-				t.Errorf("Content-Length %q, want %q", l, tc.wantLength)
-			}
-			if got.Header.Get("Connection") != "" {
-				t.Error("a hop-by-hop header was written")
-			}
-			left, err := util.HeaderTimeout(got.Header, util.HeaderScrapeTimeout)
-			if err != nil || left > 5*time.Second {
-				t.Errorf("seconds left %v (%v), want at most 5s", left, err)
-			}
-		})
-	}
-	t.Run("a body shorter than its length is an error", func(t *testing.T) {
-		resp := &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("up")), ContentLength: 10}
-		if err := writeAnswer(io.Discard, resp, "scrape-2", false); err == nil {
-			t.Error("no error")
-		}
-	})
-}
-
 func TestATargetAnswerHeadTooLargeForTheProxyIsRefused(t *testing.T) {
 	fp := startFakeProxy(t)
 	target := startTarget(t, false, func(w http.ResponseWriter, _ *http.Request) {
@@ -194,7 +115,7 @@ func TestAScrapeIsAnsweredOnAnyCarrier(t *testing.T) {
 			}
 			resp, done := c.answer(context.Background(), req)
 			var back bytes.Buffer
-			err = writeAnswer(&back, resp, req.Header.Get(util.HeaderID), false)
+			err = util.WriteAnswer(&back, resp, req.Header.Get(util.HeaderID), false)
 			done()
 			if err != nil {
 				t.Fatal(err)

@@ -305,8 +305,8 @@ const pushReasonLimit = 512
 // arrives. When the answer has a length, so does the push; otherwise the
 // push is chunked and the answer's body ends with it.
 func (c *client) push(up *upstream, id string, resp *http.Response) error {
-	head, length := answerHead(resp, id, false)
-	body := io.MultiReader(bytes.NewReader(head), answerBody(resp, length))
+	head, length := util.AnswerHead(resp, id, false)
+	body := io.MultiReader(bytes.NewReader(head), util.AnswerBody(resp, length))
 	pushURL := util.ResolveProxyPath(up.url, util.PushPath)
 	req, err := http.NewRequestWithContext(resp.Request.Context(), http.MethodPost, pushURL.String(), body)
 	if err != nil {

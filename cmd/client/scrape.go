@@ -5,9 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httputil"
 	"time"
 
 	"github.com/go-kit/log"
@@ -158,72 +156,4 @@ func checkAnswerHead(resp *http.Response, id string) error {
 		return fmt.Errorf("target answer head of about %d bytes is larger than the %d bytes a proxy reads", size, util.MaxAnswerHead)
 	}
 	return nil
-}
-
-// answerHead encodes the head of resp as the answer to scrape id: its
-// status and headers, tagged with the Id and the seconds left until the
-// deadline of resp.Request's context, if any. It also returns the length of
-// the body that follows, or -1 when unknown: then the answer's body ends
-// with its carrier's (the push body, or the tunnel stream), or, when
-// chunked is set, is sent in chunks.
-func answerHead(resp *http.Response, id string, chunked bool) (head []byte, length int64) {
-	length = resp.ContentLength
-	if resp.Body == nil || resp.Body == http.NoBody {
-		length = 0
-	}
-	var deadline time.Time
-	hasDeadline := false
-	if resp.Request != nil {
-		deadline, hasDeadline = resp.Request.Context().Deadline()
-	}
-	// Without a length no Connection header is needed: one would reach
-	// Prometheus through proxies that copy headers as they are.
-	header := util.AnswerHeader(resp.Header, id, time.Until(deadline), hasDeadline, length)
-	if chunked && length < 0 {
-		header.Set("Transfer-Encoding", "chunked")
-	}
-	return util.EncodeAnswerHead(resp.StatusCode, resp.Status, header), length
-}
-
-// answerBody returns the body that follows the head of an answer of the
-// given length.
-func answerBody(resp *http.Response, length int64) io.Reader {
-	if length == 0 || resp.Body == nil {
-		return http.NoBody
-	}
-	return resp.Body
-}
-
-// writeAnswer writes resp to w as the answer to scrape id, in the wire
-// form: its head (with the body's length when known), then its body. With
-// delimit, a body of unknown length is chunked, so that the answer ends
-// before w does. A body that is shorter than the length it gave is an
-// error; one that is longer is cut at the length.
-func writeAnswer(w io.Writer, resp *http.Response, id string, delimit bool) error {
-	head, length := answerHead(resp, id, delimit)
-	if _, err := w.Write(head); err != nil {
-		return err
-	}
-	body := answerBody(resp, length)
-	if length < 0 && delimit {
-		chunks := httputil.NewChunkedWriter(w)
-		if _, err := io.Copy(chunks, body); err != nil {
-			return err
-		}
-		if err := chunks.Close(); err != nil {
-			return err
-		}
-		// The last chunk is followed by an empty trailer.
-		_, err := io.WriteString(w, "\r\n")
-		return err
-	}
-	if length < 0 {
-		_, err := io.Copy(w, body)
-		return err
-	}
-	n, err := io.Copy(w, io.LimitReader(body, length))
-	if err == nil && n < length {
-		err = fmt.Errorf("target answer body ended after %d of its %d bytes", n, length)
-	}
-	return err
 }

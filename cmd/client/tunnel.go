@@ -239,7 +239,7 @@ func (c *client) streamAnswer(stream *yamux.Stream, id string, reuse bool) func(
 			out.Reset(nil)
 			c.answerWriters.Put(out)
 		}()
-		err := writeAnswer(out, resp, id, reuse)
+		err := util.WriteAnswer(out, resp, id, reuse)
 		if err == nil {
 			err = out.Flush()
 		}
@@ -247,7 +247,7 @@ func (c *client) streamAnswer(stream *yamux.Stream, id string, reuse bool) func(
 			c.metrics.scrapeErrors.Inc()
 			out.Reset(sent)
 			failed := util.ErrorAnswer(fmt.Errorf("scraping target: %w", err))
-			if writeAnswer(out, failed, id, true) == nil && out.Flush() == nil {
+			if util.WriteAnswer(out, failed, id, true) == nil && out.Flush() == nil {
 				_ = stream.SetWriteDeadline(time.Time{})
 				return fmt.Errorf("answered the reason instead: %w", err)
 			}

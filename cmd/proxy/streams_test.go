@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -98,20 +97,14 @@ func writeTestAnswer(w io.Writer, req *http.Request, body string, chunked bool) 
 	if chunked {
 		length = -1
 	}
-	header := util.AnswerHeader(http.Header{"Content-Type": {"text/plain"}}, req.Header.Get(util.HeaderID), 0, false, length)
-	if chunked {
-		header.Set("Transfer-Encoding", "chunked")
+	resp := &http.Response{
+		StatusCode:    http.StatusOK,
+		Header:        http.Header{"Content-Type": {"text/plain"}},
+		Body:          io.NopCloser(strings.NewReader(body)),
+		ContentLength: length,
 	}
 	out := bufio.NewWriter(w)
-	out.Write(util.EncodeAnswerHead(http.StatusOK, "", header))
-	if chunked {
-		chunks := httputil.NewChunkedWriter(out)
-		io.WriteString(chunks, body)
-		chunks.Close()
-		io.WriteString(out, "\r\n")
-	} else {
-		io.WriteString(out, body)
-	}
+	util.WriteAnswer(out, resp, req.Header.Get(util.HeaderID), true)
 	out.Flush()
 }
 
