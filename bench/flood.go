@@ -106,7 +106,7 @@ func floodScenario(ctx context.Context, o options, t *table) error {
 	var fetches sync.WaitGroup
 	for i := range lists {
 		fetches.Go(func() {
-			if !sleepCtx(fctx, f.duration*3/5) {
+			if !util.Sleep(fctx, f.duration*3/5) {
 				lists[i].err = errors.New("the flood ended first")
 				return
 			}
@@ -118,7 +118,7 @@ func floodScenario(ctx context.Context, o options, t *table) error {
 	defer fetches.Wait()
 
 	// The real client connects a while into the flood.
-	if !sleepCtx(fctx, f.duration/5) {
+	if !util.Sleep(fctx, f.duration/5) {
 		return errors.New("the flood ended before the real client started")
 	}
 	client, err := startClient(o.clientPath, addr, "real-client", tgt.port, "tunnel")
@@ -266,13 +266,13 @@ func scrapeRealClient(ctx context.Context, addr, url string, size int64, n int) 
 		if result.err = scrapeOnce(ctx, viaProxy, url, timeout, size); result.err == nil {
 			break
 		}
-		if !sleepCtx(ctx, 200*time.Millisecond) {
+		if !util.Sleep(ctx, 200*time.Millisecond) {
 			return result
 		}
 	}
 	result.firstServed = time.Since(start)
 	for range n {
-		if !sleepCtx(ctx, time.Second) {
+		if !util.Sleep(ctx, time.Second) {
 			result.err = errors.New("the flood ended first")
 			return result
 		}
@@ -301,16 +301,4 @@ func fetchClients(ctx context.Context, addr string) (int64, error) {
 		err = errors.New("GET /clients: " + resp.Status + ", " + strconv.FormatInt(n, 10) + " bytes")
 	}
 	return n, err
-}
-
-// sleepCtx waits for d, and reports false if ctx ended first.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -166,7 +166,7 @@ func (fp *fakeProxy) handlePoll(w http.ResponseWriter, r *http.Request, seen pol
 	}
 	select {
 	case a := <-fp.answers:
-		if !sleep(r.Context(), a.delay) {
+		if !util.Sleep(r.Context(), a.delay) {
 			return
 		}
 		for name, values := range a.header {

@@ -154,7 +154,7 @@ func (c *client) pollLoop(ctx, scrapeCtx context.Context, up *upstream, as pollA
 			}
 			pause := retry.NextBackOff()
 			level.Warn(logger).Log("msg", "poll failed, retrying", "wait", pause, "err", err)
-			if !sleep(ctx, pause) {
+			if !util.Sleep(ctx, pause) {
 				return
 			}
 			continue
@@ -165,7 +165,7 @@ func (c *client) pollLoop(ctx, scrapeCtx context.Context, up *upstream, as pollA
 			// A proxy honouring the wait answers "no work" only after it.
 			// One that answers at once would have the client poll in a
 			// tight loop, so it is given a pause.
-			if held < minEmptyPollTime && !sleep(ctx, c.cfg.retryInitialWait) {
+			if held < minEmptyPollTime && !util.Sleep(ctx, c.cfg.retryInitialWait) {
 				return
 			}
 			continue
@@ -185,18 +185,6 @@ func (c *client) pollLoop(ctx, scrapeCtx context.Context, up *upstream, as pollA
 func cutWait(held time.Duration) time.Duration {
 	wait := held * cutWaitNumerator / cutWaitDenominator
 	return max(wait.Truncate(time.Second), minCutWait)
-}
-
-// sleep waits for d and reports whether ctx was still live at the end.
-func sleep(ctx context.Context, d time.Duration) bool {
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 // newBackoff returns the retry policy for failed polls: exponential by 1.5

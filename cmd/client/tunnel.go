@@ -82,7 +82,7 @@ func (c *client) serveUpstream(ctx, scrapeCtx context.Context, up *upstream) {
 		c.metrics.pollErrors.Inc()
 		wait := retry.NextBackOff()
 		level.Warn(logger).Log("msg", "tunnel failed, retrying", "wait", wait, "err", err)
-		if !sleep(ctx, wait) {
+		if !util.Sleep(ctx, wait) {
 			return
 		}
 	}
