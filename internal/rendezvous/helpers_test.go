@@ -2,6 +2,7 @@ package rendezvous
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"runtime"
@@ -220,6 +221,24 @@ func (c *deadlineCtx) Expire() { c.end(context.DeadlineExceeded) }
 
 // Cancel ends the context as Prometheus going away would.
 func (c *deadlineCtx) Cancel() { c.end(context.Canceled) }
+
+// timeOutDelivered hands scrape id of c to a poll of c and lets the scrape
+// time out before anything is pushed, so that id is an ended scrape's.
+func (h *testHub) timeOutDelivered(t testing.TB, c Client, id string) {
+	t.Helper()
+	ctx := newDeadlineCtx()
+	polled := h.park(t, context.Background(), c)
+	scraped := h.startScrape(ctx, h.newScrape(id, c.FQDN))
+	work, err := await(t, "Poll", polled)
+	if err != nil {
+		t.Fatalf("Poll: %v", err)
+	}
+	work.Delivered()
+	ctx.Expire()
+	if _, err := await(t, "Scrape", scraped); !errors.Is(err, ErrClientTimeout) {
+		t.Fatalf("Scrape = %v, want ErrClientTimeout", err)
+	}
+}
 
 // handOff runs a scrape of c to a poll of c until the push has claimed it:
 // it returns the work, the claim and the waiting Scrape.

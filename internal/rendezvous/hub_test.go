@@ -279,18 +279,7 @@ func TestPushesThatCannotClaimFailAtOnce(t *testing.T) {
 		{
 			name: "a late push, after the scrape timed out",
 			id: func(h *testHub, t *testing.T) string {
-				ctx := newDeadlineCtx()
-				polled := h.park(t, context.Background(), client("node1"))
-				scraped := h.startScrape(ctx, h.newScrape("late", "node1"))
-				work, err := await(t, "Poll", polled)
-				if err != nil {
-					t.Fatalf("Poll: %v", err)
-				}
-				work.Delivered()
-				ctx.Expire()
-				if _, err := await(t, "Scrape", scraped); !errors.Is(err, ErrClientTimeout) {
-					t.Fatalf("Scrape = %v, want ErrClientTimeout", err)
-				}
+				h.timeOutDelivered(t, client("node1"), "late")
 				return "late"
 			},
 			want: ErrExpiredID,

@@ -178,18 +178,7 @@ func TestAConnectedClientOutlivesTheRegistrationTimeout(t *testing.T) {
 
 func TestEndedScrapeIDsAreForgottenInTime(t *testing.T) {
 	h := newTestHub(t, 10)
-	ctx := newDeadlineCtx()
-	polled := h.park(t, context.Background(), client("node1"))
-	scraped := h.startScrape(ctx, h.newScrape("late", "node1"))
-	work, err := await(t, "Poll", polled)
-	if err != nil {
-		t.Fatalf("Poll: %v", err)
-	}
-	work.Delivered()
-	ctx.Expire()
-	if _, err := await(t, "Scrape", scraped); !errors.Is(err, ErrClientTimeout) {
-		t.Fatalf("Scrape = %v, want ErrClientTimeout", err)
-	}
+	h.timeOutDelivered(t, client("node1"), "late")
 	h.clock.Advance(rememberIDsFor)
 	h.CollectGarbage()
 	if _, err := h.Claim("late", client("node1").Identity); !errors.Is(err, ErrExpiredID) {
