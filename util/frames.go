@@ -13,12 +13,12 @@ const (
 	yamuxVersion    = 0
 	yamuxTypeData   = 0
 
-	// maxJoinedFrame bounds the frames whose header and body are copied
+	// MaxJoinedFrame bounds the frames whose header and body are copied
 	// into one buffer to be written at once, and so the buffer each end of
 	// a tunnel keeps: a frame is at most a stream window, and the largest
 	// frames are answers, which a client writes; a proxy writes requests
 	// and, for CONNECT, pieces of util.Splice's buffer.
-	maxJoinedFrame = TunnelStreamWindow
+	MaxJoinedFrame = TunnelStreamWindow
 )
 
 // frameConn is a tunnel connection that sends a yamux data frame's header
@@ -46,16 +46,12 @@ func TunnelConn(conn io.ReadWriteCloser, keep int) io.ReadWriteCloser {
 	return &frameConn{ReadWriteCloser: conn, keep: keep}
 }
 
-// MaxJoinedFrame is the largest frame whose header and body leave in one
-// write, and so the most a TunnelConn may keep.
-const MaxJoinedFrame = maxJoinedFrame
-
 // Write holds a data frame's header until its body comes, and writes both
 // at once.
 func (c *frameConn) Write(p []byte) (int, error) {
 	if c.holding {
 		c.holding = false
-		if len(p) > maxJoinedFrame {
+		if len(p) > MaxJoinedFrame {
 			if _, err := c.ReadWriteCloser.Write(c.held[:]); err != nil {
 				return 0, err
 			}

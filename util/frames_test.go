@@ -51,8 +51,8 @@ func TestTunnelConnWritesADataFramesHeaderAndBodyAtOnce(t *testing.T) {
 		},
 		{
 			name:   "a body larger than the joining bound leaves after its header",
-			frames: [][]byte{yamuxHeader(yamuxTypeData, maxJoinedFrame+1), make([]byte, maxJoinedFrame+1)},
-			writes: [][]byte{yamuxHeader(yamuxTypeData, maxJoinedFrame+1), make([]byte, maxJoinedFrame+1)},
+			frames: [][]byte{yamuxHeader(yamuxTypeData, MaxJoinedFrame+1), make([]byte, MaxJoinedFrame+1)},
+			writes: [][]byte{yamuxHeader(yamuxTypeData, MaxJoinedFrame+1), make([]byte, MaxJoinedFrame+1)},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
