@@ -11,8 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/yamux"
-
+	"github.com/rancher/pushprox/internal/mux"
 	"github.com/rancher/pushprox/util"
 )
 
@@ -57,10 +56,7 @@ func (f *fleet) runTunnel(ctx context.Context, conn net.Conn, fqdn string) error
 	}
 	_ = conn.SetDeadline(time.Time{})
 	// Bytes the proxy sent right after its answer are in br.
-	session, err := yamux.Server(util.TunnelConn(util.BufferedConn{SpliceConn: conn, Reader: br}, util.MaxJoinedFrame), util.TunnelConfig(simTunnelPing))
-	if err != nil {
-		return err
-	}
+	session := mux.Server(util.BufferedConn{SpliceConn: conn, Reader: br}, util.TunnelConfig(simTunnelPing))
 	// Each stream is served in a goroutine of its own, as the proxy may
 	// keep it for scrape after scrape (util.TunnelProtocolReuse); none
 	// outlives the client.
@@ -69,7 +65,7 @@ func (f *fleet) runTunnel(ctx context.Context, conn net.Conn, fqdn string) error
 	defer session.Close()
 	failed := make(chan error, 1)
 	for {
-		stream, err := session.AcceptStream()
+		stream, err := session.Accept()
 		if err != nil {
 			select {
 			case err = <-failed:
@@ -97,7 +93,7 @@ func (f *fleet) runTunnel(ctx context.Context, conn net.Conn, fqdn string) error
 
 // serveStream answers the scrapes on stream, one or (with reuse) one after
 // another until the proxy closes it.
-func (f *fleet) serveStream(stream *yamux.Stream, fqdn string, reuse bool) error {
+func (f *fleet) serveStream(stream *mux.Stream, fqdn string, reuse bool) error {
 	defer stream.Close()
 	br := bufio.NewReader(stream)
 	for {
@@ -119,7 +115,7 @@ func (f *fleet) serveStream(stream *yamux.Stream, fqdn string, reuse bool) error
 // answerStream reads a scrape request from stream and answers it as
 // pushprox-client does: head and body in one write, so that a small answer
 // leaves in one frame.
-func (f *fleet) answerStream(stream *yamux.Stream, br *bufio.Reader, fqdn string) error {
+func (f *fleet) answerStream(stream *mux.Stream, br *bufio.Reader, fqdn string) error {
 	_ = stream.SetDeadline(time.Now().Add(simStreamTimeout))
 	req, err := util.DecodeScrapeRequest(br)
 	if err != nil {

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/rancher/pushprox/internal/mux"
 )
 
 // The tunnel handshake (docs/tunnel.md). A client asks for a tunnel with
@@ -138,17 +138,15 @@ func headerHasToken(h http.Header, name, token string) bool {
 	return false
 }
 
-// TunnelConfig is the yamux configuration of both ends of a tunnel: pings
-// every pingInterval, so that idle cuts of load balancers do not hit it
-// and a dead peer is noticed within about two intervals; bounded windows.
-func TunnelConfig(pingInterval time.Duration) *yamux.Config {
-	cfg := yamux.DefaultConfig()
-	cfg.EnableKeepAlive = true
-	cfg.KeepAliveInterval = pingInterval
-	cfg.ConnectionWriteTimeout = min(pingInterval, 10*time.Second)
-	cfg.MaxStreamWindowSize = TunnelStreamWindow
-	cfg.StreamOpenTimeout = 10 * time.Second
-	cfg.StreamCloseTimeout = 30 * time.Second
-	cfg.LogOutput = io.Discard
-	return cfg
+// TunnelConfig is the multiplexer's configuration of both ends of a
+// tunnel: pings every pingInterval, so that idle cuts of load balancers do
+// not hit it, answered within at most 10 s, so that a dead peer is noticed
+// within about two intervals; bounded windows.
+func TunnelConfig(pingInterval time.Duration) mux.Config {
+	return mux.Config{
+		Window:       TunnelStreamWindow,
+		PingInterval: pingInterval,
+		PingTimeout:  min(pingInterval, 10*time.Second),
+		CloseTimeout: 30 * time.Second,
+	}
 }

@@ -8,8 +8,8 @@ import (
 
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
-	"github.com/hashicorp/yamux"
 
+	"github.com/rancher/pushprox/internal/mux"
 	"github.com/rancher/pushprox/util"
 )
 
@@ -18,7 +18,7 @@ import (
 // tunnel's control stream where the proxy's 101 (resp) says it takes one,
 // polled for otherwise, so that a proxy that routes tunnels by FQDN only
 // still reaches them. stop ends it and waits.
-func (c *client) serveTargetsOnTunnel(ctx, scrapeCtx context.Context, up *upstream, session *yamux.Session, resp *http.Response, logger log.Logger) (stop func()) {
+func (c *client) serveTargetsOnTunnel(ctx, scrapeCtx context.Context, up *upstream, session *mux.Session, resp *http.Response, logger log.Logger) (stop func()) {
 	if c.targets == nil {
 		return func() {}
 	}
@@ -48,8 +48,8 @@ func (c *client) serveTargetsOnTunnel(ctx, scrapeCtx context.Context, up *upstre
 // tunnel: the proxy takes one control stream per tunnel, so the client
 // reconnects and announces on the new tunnel rather than going silent on
 // this one.
-func (c *client) announceTargets(ctx context.Context, session *yamux.Session, logger log.Logger) {
-	stream, err := session.OpenStream()
+func (c *client) announceTargets(ctx context.Context, session *mux.Session, logger log.Logger) {
+	stream, err := session.Open()
 	if err != nil {
 		if ctx.Err() == nil {
 			level.Warn(logger).Log("msg", "cannot open the targets control stream, ending the tunnel", "err", err)
@@ -84,7 +84,7 @@ func (c *client) announceTargets(ctx context.Context, session *yamux.Session, lo
 
 // announceOnce announces list on the control stream and logs the proxy's
 // answer.
-func (c *client) announceOnce(stream *yamux.Stream, list *targetList, logger log.Logger) error {
+func (c *client) announceOnce(stream *mux.Stream, list *targetList, logger log.Logger) error {
 	if err := util.WriteTargetsMessage(stream, list.announcement()); err != nil {
 		return fmt.Errorf("announcing targets: %w", err)
 	}

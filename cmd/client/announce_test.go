@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/rancher/pushprox/internal/mux"
 	"github.com/rancher/pushprox/util"
 )
 
@@ -26,16 +27,17 @@ const announceTestTimeout = 10 * time.Second
 
 // tunnelPair returns the two ends of a tunnel over a pipe: the client's
 // session and the proxy's.
-func tunnelPair(t *testing.T) (clientEnd, proxyEnd *yamux.Session) {
+//
+// The proxy's end is hashicorp/yamux, as in proxies built before the
+// client had a multiplexer of its own: the client must keep speaking to
+// it.
+func tunnelPair(t *testing.T) (clientEnd *mux.Session, proxyEnd *yamux.Session) {
 	t.Helper()
 	a, b := net.Pipe()
+	clientEnd = mux.Server(a, util.TunnelConfig(0))
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = io.Discard
-	clientEnd, err := yamux.Server(a, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxyEnd, err = yamux.Client(b, cfg)
+	proxyEnd, err := yamux.Client(b, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +163,7 @@ func TestAControlStreamThatBreaksEndsTheTunnelSoThatTheClientReconnects(t *testi
 	}
 	control.Close() // no answer
 	select {
-	case <-clientEnd.CloseChan():
+	case <-clientEnd.Done():
 	case <-time.After(announceTestTimeout):
 		t.Fatal("the tunnel lasts with no control stream: the client would never announce on it again")
 	}

@@ -13,8 +13,8 @@ import (
 
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
-	"github.com/hashicorp/yamux"
 
+	"github.com/rancher/pushprox/internal/mux"
 	"github.com/rancher/pushprox/util"
 )
 
@@ -27,7 +27,7 @@ const connectIdleTimeout = 10 * time.Minute
 // and then passes bytes untouched both ways, so that TLS runs from
 // Prometheus to the target. A refusal or a failed dial is answered with
 // its reason.
-func (c *client) serveConnect(ctx, scrapeCtx context.Context, stream *yamux.Stream, reader *bufio.Reader, req *http.Request) {
+func (c *client) serveConnect(ctx, scrapeCtx context.Context, stream *mux.Stream, reader *bufio.Reader, req *http.Request) {
 	id := req.Header.Get(util.HeaderID)
 	logger := log.With(c.logger, "connect_id", id, "target", req.Host)
 	dialTimeout, err := util.HeaderTimeout(req.Header, util.HeaderScrapeTimeoutSeconds)
@@ -111,7 +111,7 @@ func matched(pattern, name string) bool {
 
 // writeConnectAnswer answers a CONNECT on its stream: 200 once connected,
 // or an error status with the reason as its body.
-func writeConnectAnswer(stream *yamux.Stream, id string, code int, reason string) error {
+func writeConnectAnswer(stream *mux.Stream, id string, code int, reason string) error {
 	if reason != "" {
 		reason += "\n"
 	}

@@ -12,8 +12,8 @@ import (
 
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
-	"github.com/hashicorp/yamux"
 
+	"github.com/rancher/pushprox/internal/mux"
 	"github.com/rancher/pushprox/util"
 )
 
@@ -128,11 +128,11 @@ func (c *client) runTunnel(ctx, scrapeCtx context.Context, up *upstream, logger 
 		resp.Body.Close()
 		return fmt.Errorf("%w: the upgraded connection cannot be written", errTunnelRefused)
 	}
-	session, err := yamux.Server(util.TunnelConn(conn, util.MaxJoinedFrame), util.TunnelConfig(c.cfg.tunnelPingInterval))
-	if err != nil {
-		conn.Close()
-		return err
-	}
+	cfg := util.TunnelConfig(c.cfg.tunnelPingInterval)
+	// Answers leave in frames of up to a window: the buffer that joins a
+	// frame's header and body is kept for the next one.
+	cfg.WriteBufferKeep = util.TunnelStreamWindow + mux.FrameOverhead
+	session := mux.Server(conn, cfg)
 	defer session.Close()
 	defer c.serveTargetsOnTunnel(ctx, scrapeCtx, up, session, resp, logger)()
 	level.Info(logger).Log("msg", "tunnel open")
@@ -154,7 +154,7 @@ func (c *client) runTunnel(ctx, scrapeCtx context.Context, up *upstream, logger 
 		}
 	}()
 	for {
-		stream, err := session.AcceptStream()
+		stream, err := session.Accept()
 		if err != nil {
 			if session.IsClosed() {
 				err = fmt.Errorf("tunnel closed: %w", err)
@@ -173,7 +173,7 @@ func (c *client) runTunnel(ctx, scrapeCtx context.Context, up *upstream, logger 
 // next scrape on the stream, until the proxy closes it or ctx ends. A
 // request is read before a scrape slot is taken, so that a slow stream
 // cannot hold one. ended is called once the stream is closed.
-func (c *client) serveStream(ctx, scrapeCtx context.Context, stream *yamux.Stream, reuse bool, ended func()) {
+func (c *client) serveStream(ctx, scrapeCtx context.Context, stream *mux.Stream, reuse bool, ended func()) {
 	defer ended()
 	defer stream.Close()
 	reader := bufio.NewReaderSize(stream, streamReadBuffer)
@@ -205,7 +205,7 @@ func (c *client) serveStream(ctx, scrapeCtx context.Context, stream *yamux.Strea
 // client closes the stream without reading from it; a scrape that comes
 // just then is left unanswered, which the proxy takes for a stream closed
 // while idle and sends elsewhere.
-func (c *client) awaitScrape(ctx context.Context, stream *yamux.Stream, reader *bufio.Reader) bool {
+func (c *client) awaitScrape(ctx context.Context, stream *mux.Stream, reader *bufio.Reader) bool {
 	_ = stream.SetReadDeadline(time.Time{})
 	stop := context.AfterFunc(ctx, func() { _ = stream.SetReadDeadline(time.Now()) })
 	_, err := reader.Peek(1)
@@ -223,7 +223,7 @@ const streamReadBuffer = 4 << 10
 // target's body broke) is replaced by the reason, so that the proxy has an
 // answer and the stream stays usable; one that fails after that closes the
 // stream, so that the proxy sees it cut.
-func (c *client) streamAnswer(stream *yamux.Stream, id string, reuse bool) func(*http.Response) error {
+func (c *client) streamAnswer(stream *mux.Stream, id string, reuse bool) func(*http.Response) error {
 	return func(resp *http.Response) error {
 		if deadline, ok := resp.Request.Context().Deadline(); ok {
 			_ = stream.SetWriteDeadline(deadline)

@@ -13,19 +13,18 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/yamux"
-
+	"github.com/rancher/pushprox/internal/mux"
 	"github.com/rancher/pushprox/internal/rendezvous"
 	"github.com/rancher/pushprox/util"
 )
 
-// tunnel carries scrapes to a client on yamux streams: one stream each, or,
+// tunnel carries scrapes to a client on the streams of its session: one stream each, or,
 // when the client speaks util.TunnelProtocolReuse, one after another on
 // streams kept open between scrapes, which saves opening and closing a
 // stream (three frames, each a write and a wake-up at both ends) per
 // scrape.
 type tunnel struct {
-	session *yamux.Session
+	session *mux.Session
 	reuse   bool
 	// idleLimit bounds the idle streams kept: the client's scrapes at
 	// once, as the hub never carries more on one tunnel.
@@ -41,7 +40,7 @@ type tunnel struct {
 
 // tunnelStream is a stream and the reader of the answers on it.
 type tunnelStream struct {
-	stream  *yamux.Stream
+	stream  *mux.Stream
 	answers *util.AnswerReader
 	// largest is the most bytes of one answer's body read from the stream:
 	// its receive buffer grows to hold what arrives at once.
@@ -65,7 +64,7 @@ const defaultIdleStreamMemory = 64 << 20
 const defaultIdleStreamTimeout = 5 * time.Minute
 
 // idleStreamOverhead is what an idle stream holds besides its receive
-// buffer: the answer reader's buffer, yamux's and the proxy's state.
+// buffer: the answer reader's buffer, the stream's and the proxy's state.
 const idleStreamOverhead = 8 << 10
 
 // idleCost estimates the memory an idle stream holds: yamux keeps its
@@ -148,7 +147,7 @@ func (t *tunnel) carryOn(ctx context.Context, s *rendezvous.Scrape, ts *tunnelSt
 		ts.stream.Close()
 		// A write that timed out, or failed as the session shut down, may
 		// still have left.
-		if errors.Is(err, yamux.ErrStreamClosed) || errors.Is(err, yamux.ErrConnectionReset) {
+		if errors.Is(err, mux.ErrStreamClosed) || errors.Is(err, mux.ErrStreamReset) {
 			return nil, fmt.Errorf("%w: %v", errNotSent, err)
 		}
 		return nil, fmt.Errorf("sending the scrape on the tunnel: %w", err)
@@ -163,7 +162,7 @@ func (t *tunnel) carryOn(ctx context.Context, s *rendezvous.Scrape, ts *tunnelSt
 		case err == nil:
 			resp.Body.Close()
 			err = ctx.Err()
-		case err == io.EOF && t.session.IsClosed():
+		case errors.Is(err, mux.ErrSessionClosed) || err == io.EOF && t.session.IsClosed():
 			// The client may have started on s before its tunnel died.
 			err = fmt.Errorf("tunnel closed before the answer: %w", io.ErrUnexpectedEOF)
 		case err == io.EOF:
@@ -196,7 +195,7 @@ func (t *tunnel) stream(idle bool) (*tunnelStream, bool, error) {
 		return ts, true, nil
 	}
 	t.mu.Unlock()
-	stream, err := t.session.OpenStream()
+	stream, err := t.session.Open()
 	if err != nil {
 		return nil, false, err
 	}

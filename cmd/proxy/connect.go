@@ -176,7 +176,7 @@ func (p *proxy) handleConnect(w http.ResponseWriter, r *http.Request) {
 // its answer: 200 once connected, or the reason it did not. The returned
 // connection is the stream from where the answer ends.
 func (t *tunnel) Connect(ctx context.Context, id, target string, dialTimeout time.Duration) (util.SpliceConn, *http.Response, error) {
-	stream, err := t.session.OpenStream()
+	stream, err := t.session.Open()
 	if err != nil {
 		return nil, nil, err
 	}

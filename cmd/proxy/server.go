@@ -8,10 +8,10 @@ import (
 	"sync/atomic"
 
 	"github.com/go-kit/log"
-	"github.com/hashicorp/yamux"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/rancher/pushprox/internal/mux"
 	"github.com/rancher/pushprox/internal/rendezvous"
 )
 
@@ -27,6 +27,8 @@ type proxy struct {
 	tunnels tunnels
 	// idleStreams bounds the memory held by the tunnels' idle streams.
 	idleStreams *streamBudget
+	// tunnelBuffers hold what the tunnels receive, shared by all of them.
+	tunnelBuffers *mux.Buffers
 	// connects counts CONNECT tunnels; connectsOpen those open now,
 	// against --connect.max-total.
 	connects     *connectMetrics
@@ -49,12 +51,13 @@ func newProxy(cfg config, logger log.Logger, reg prometheus.Registerer, gatherer
 			MaxTargetsPerClient: cfg.maxTargetsPerClient,
 			Now:                 cfg.clock,
 		}, logger, reg),
-		metrics:     newMetrics(reg),
-		mux:         http.NewServeMux(),
-		tunnels:     tunnels{open: map[*yamux.Session]struct{}{}},
-		idleStreams: &streamBudget{left: cmp.Or(cfg.idleStreamMemory, defaultIdleStreamMemory)},
-		connects:    newConnectMetrics(reg),
-		limiter:     newSourceLimiter(cfg.registrationRate, cfg.registrationBurst, cfg.clock),
+		metrics:       newMetrics(reg),
+		mux:           http.NewServeMux(),
+		tunnels:       tunnels{open: map[*mux.Session]struct{}{}},
+		idleStreams:   &streamBudget{left: cmp.Or(cfg.idleStreamMemory, defaultIdleStreamMemory)},
+		tunnelBuffers: mux.NewBuffers(),
+		connects:      newConnectMetrics(reg),
+		limiter:       newSourceLimiter(cfg.registrationRate, cfg.registrationBurst, cfg.clock),
 	}
 	p.mux.Handle("POST /poll", p.metrics.instrument("/poll", p.handlePoll))
 	p.mux.Handle("POST /push", p.metrics.instrument("/push", p.handlePush))

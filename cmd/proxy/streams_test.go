@@ -28,6 +28,14 @@ type streamPeer struct {
 	wg      sync.WaitGroup
 }
 
+// yamuxPeerConfig is the yamux configuration of a test's tunnel peer.
+func yamuxPeerConfig() *yamux.Config {
+	cfg := yamux.DefaultConfig()
+	cfg.MaxStreamWindowSize = util.TunnelStreamWindow
+	cfg.LogOutput = io.Discard
+	return cfg
+}
+
 // dialStreamPeer opens a tunnel for fqdn offering the given protocols and
 // serves it until the test ends. answer writes the answer to one scrape
 // request on stream; returning false closes the stream after it.
@@ -54,7 +62,9 @@ func dialStreamPeer(t *testing.T, tp *testProxy, fqdn, protocols string, answer 
 	if !accepted {
 		t.Fatalf("tunnel refused: %s", resp.Status)
 	}
-	session, err := yamux.Server(util.TunnelConn(util.BufferedConn{SpliceConn: conn.(*net.TCPConn), Reader: br}, util.MaxJoinedFrame), util.TunnelConfig(defaultConfig().tunnelPingInterval))
+	// The peer is hashicorp/yamux, as in clients built before the proxy
+	// had a multiplexer of its own: the proxy must keep speaking to it.
+	session, err := yamux.Server(util.BufferedConn{SpliceConn: conn.(*net.TCPConn), Reader: br}, yamuxPeerConfig())
 	if err != nil {
 		t.Fatal(err)
 	}

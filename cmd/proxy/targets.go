@@ -12,8 +12,8 @@ import (
 
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
-	"github.com/hashicorp/yamux"
 
+	"github.com/rancher/pushprox/internal/mux"
 	"github.com/rancher/pushprox/internal/rendezvous"
 	"github.com/rancher/pushprox/util"
 )
@@ -116,13 +116,13 @@ func (p *proxy) pollTarget(r *http.Request, c *rendezvous.Client) error {
 // tunnel ends: the first stream the client opens. It applies each
 // announcement read from it and answers which targets were refused.
 // Further streams opened by the client are closed at once.
-func (p *proxy) serveTargets(session *yamux.Session, attached *rendezvous.Session, r *http.Request, fqdn string) {
+func (p *proxy) serveTargets(session *mux.Session, attached *rendezvous.Session, r *http.Request, fqdn string) {
 	logger := log.With(p.logger, "fqdn", fqdn, "remote", r.RemoteAddr)
 	var controlDone sync.WaitGroup
 	defer controlDone.Wait()
 	control := false
 	for {
-		stream, err := session.AcceptStream()
+		stream, err := session.Accept()
 		if err != nil {
 			return
 		}
@@ -162,7 +162,7 @@ func (p *proxy) serveTargets(session *yamux.Session, attached *rendezvous.Sessio
 // waitBeforeAnnouncement waits until minAnnouncementInterval has passed
 // since the tunnel's last announcement was applied, and reports whether
 // the tunnel is still there.
-func (p *proxy) waitBeforeAnnouncement(session *yamux.Session, applied time.Time) bool {
+func (p *proxy) waitBeforeAnnouncement(session *mux.Session, applied time.Time) bool {
 	wait := time.Until(applied.Add(minAnnouncementInterval))
 	if wait <= 0 {
 		return true
@@ -172,7 +172,7 @@ func (p *proxy) waitBeforeAnnouncement(session *yamux.Session, applied time.Time
 	select {
 	case <-timer.C:
 		return true
-	case <-session.CloseChan():
+	case <-session.Done():
 		return false
 	}
 }

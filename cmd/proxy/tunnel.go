@@ -9,23 +9,28 @@ import (
 	"time"
 
 	"github.com/go-kit/log/level"
-	"github.com/hashicorp/yamux"
 
+	"github.com/rancher/pushprox/internal/mux"
 	"github.com/rancher/pushprox/internal/rendezvous"
 	"github.com/rancher/pushprox/util"
 )
 
-// tunnelAcceptBacklog bounds the streams a client may have opened on its
-// tunnel that the proxy has not accepted yet (yamux's AcceptBacklog, which
-// also bounds the streams the proxy opens that the client has not
-// acknowledged yet): the client opens one, and streams carrying scrapes
-// are reused, so few are opened at once.
-const tunnelAcceptBacklog = 16
+// tunnelMaxInbound bounds the streams a client may have open on its
+// tunnel (and so those not accepted yet): it opens one, for its targets,
+// and the proxy closes any other at once; a few more leave room for those
+// being closed.
+const tunnelMaxInbound = 4
 
 // tunnelJoinKeep bounds the buffer each tunnel keeps to write a frame's
-// header and body at once (util.TunnelConn): scrape requests fit; the
-// larger frames of a CONNECT's upload get a buffer each.
+// header and body at once: scrape requests fit; the larger frames of a
+// CONNECT's upload get a buffer each.
 const tunnelJoinKeep = 4 << 10
+
+// tunnelReadBufferIdle is how long a tunnel keeps its read buffer without a
+// frame: a client scraped more than once a second keeps it, one scraped
+// every 15 s or more holds none between scrapes, at the cost of one more
+// read per scrape.
+const tunnelReadBufferIdle = time.Second
 
 // maxTunnelConcurrency caps the scrapes at once a client may ask for on its
 // tunnel: each holds a stream window of util.TunnelStreamWindow bytes.
@@ -35,12 +40,12 @@ const maxTunnelConcurrency = 256
 // once the scrapes on them have been answered.
 type tunnels struct {
 	mu   sync.Mutex
-	open map[*yamux.Session]struct{} // guarded by mu
-	wg   sync.WaitGroup              // one per tunnel handler still running
+	open map[*mux.Session]struct{} // guarded by mu
+	wg   sync.WaitGroup            // one per tunnel handler still running
 }
 
 // track notes an open tunnel until the returned untrack is called.
-func (t *tunnels) track(session *yamux.Session) (untrack func()) {
+func (t *tunnels) track(session *mux.Session) (untrack func()) {
 	t.mu.Lock()
 	t.open[session] = struct{}{}
 	t.wg.Add(1)
@@ -105,20 +110,17 @@ func (p *proxy) handleTunnel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// net/http's read buffer is kept only when it holds bytes of the
-	// tunnel; yamux reads through a buffer of its own.
+	// tunnel; the session reads through a buffer of its own.
 	var tunnelConn io.ReadWriteCloser = conn
 	if buffered.Reader.Buffered() > 0 {
 		tunnelConn = util.BufferedConn{SpliceConn: conn, Reader: buffered.Reader}
 	}
 	cfg := util.TunnelConfig(p.cfg.tunnelPingInterval)
-	// The client opens one stream, for its targets (serveTargets); the
-	// default backlog would hold 256 pointers per tunnel for nothing.
-	cfg.AcceptBacklog = tunnelAcceptBacklog
-	session, err := yamux.Client(util.TunnelConn(tunnelConn, tunnelJoinKeep), cfg)
-	if err != nil {
-		conn.Close()
-		return
-	}
+	cfg.AcceptBacklog, cfg.MaxInbound = tunnelMaxInbound, tunnelMaxInbound
+	cfg.WriteBufferKeep = tunnelJoinKeep
+	cfg.ReadBufferIdle = tunnelReadBufferIdle
+	cfg.Buffers = p.tunnelBuffers
+	session := mux.Client(tunnelConn, cfg)
 	untrack := p.tunnels.track(session)
 	carrier := &tunnel{session: session, reuse: util.TunnelReusesStreams(r), idleLimit: capacity, budget: p.idleStreams,
 		idleTimeout: cmp.Or(p.cfg.idleStreamTimeout, defaultIdleStreamTimeout)}
@@ -142,8 +144,8 @@ func (p *proxy) handleTunnel(w http.ResponseWriter, r *http.Request) {
 		// The client's streams (its targets) are served until the session
 		// ends.
 		p.serveTargets(session, attached, peer, client.FQDN)
-		<-session.CloseChan()
+		<-session.Done()
 		attached.Detach()
-		level.Debug(p.logger).Log("msg", "tunnel closed", "fqdn", client.FQDN, "remote", peer.RemoteAddr)
+		level.Debug(p.logger).Log("msg", "tunnel closed", "fqdn", client.FQDN, "remote", peer.RemoteAddr, "err", session.Err())
 	}()
 }
