@@ -42,9 +42,6 @@ type tunnel struct {
 type tunnelStream struct {
 	stream  *mux.Stream
 	answers *util.AnswerReader
-	// largest is the most bytes of one answer's body read from the stream:
-	// its receive buffer grows to hold what arrives at once.
-	largest int64
 	// cost is what the stream holds of the budget while idle.
 	cost int64
 	// expiry closes the stream once idle for the tunnel's idleTimeout.
@@ -52,8 +49,7 @@ type tunnelStream struct {
 }
 
 // defaultIdleStreamMemory bounds the memory held by the idle streams of
-// all tunnels: about 5 000 clients answering 2 KiB keep a stream each, or
-// about 250 answering 128 KiB; beyond, streams are closed after their
+// all tunnels: about 8 000 streams; beyond, streams are closed after their
 // scrape, as in util.TunnelProtocol.
 const defaultIdleStreamMemory = 64 << 20
 
@@ -63,16 +59,10 @@ const defaultIdleStreamMemory = 64 << 20
 // others.
 const defaultIdleStreamTimeout = 5 * time.Minute
 
-// idleStreamOverhead is what an idle stream holds besides its receive
-// buffer: the answer reader's buffer, the stream's and the proxy's state.
-const idleStreamOverhead = 8 << 10
-
-// idleCost estimates the memory an idle stream holds: yamux keeps its
-// receive buffer, which grows to twice what arrived at once, at most a
-// stream window.
-func (ts *tunnelStream) idleCost() int64 {
-	return idleStreamOverhead + 2*min(ts.largest, util.TunnelStreamWindow)
-}
+// idleStreamOverhead is what an idle stream holds: the answer reader's
+// buffer, the stream's and the proxy's state. A stream holds no received
+// bytes once its answer was read (internal/mux gives them back).
+const idleStreamOverhead int64 = 8 << 10
 
 // streamBudget is memory that idle streams may hold.
 type streamBudget struct {
@@ -206,7 +196,7 @@ func (t *tunnel) stream(idle bool) (*tunnelStream, bool, error) {
 // the memory budget of idle streams is spent, or the tunnel is closed.
 func (t *tunnel) release(ts *tunnelStream) {
 	_ = ts.stream.SetDeadline(time.Time{})
-	cost := ts.idleCost()
+	cost := idleStreamOverhead
 	if !t.budget.take(cost) {
 		ts.stream.Close()
 		return
@@ -264,8 +254,7 @@ type streamBody struct {
 	tunnel   *tunnel
 	stream   *tunnelStream
 	reusable bool
-	released bool  // the stream went back to the tunnel, or was closed
-	read     int64 // bytes of the body read
+	released bool // the stream went back to the tunnel, or was closed
 }
 
 func (b *streamBody) Read(p []byte) (int, error) {
@@ -273,10 +262,8 @@ func (b *streamBody) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	n, err := b.ReadCloser.Read(p)
-	b.read += int64(n)
 	if err == io.EOF && b.reusable {
 		b.released = true
-		b.stream.largest = max(b.stream.largest, b.read)
 		b.tunnel.release(b.stream)
 	}
 	return n, err
