@@ -16,8 +16,9 @@ import (
 )
 
 // relayBufferSize is the copy buffer of a relay: large enough that a
-// typical scrape goes out in one write.
-const relayBufferSize = 32 << 10
+// typical scrape is read in one piece and goes out in one write after
+// the head (a tunnel's answers arrive in frames of up to 128 KiB).
+const relayBufferSize = 64 << 10
 
 // handleScrape serves a Prometheus proxy request: it hands the scrape to a
 // client of the target's FQDN and relays the client's answer.
