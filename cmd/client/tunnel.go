@@ -244,12 +244,15 @@ func (c *client) streamAnswer(stream *mux.Stream, id string, reuse bool) func(*h
 			err = out.Flush()
 		}
 		if err != nil && sent.n == 0 && reuse {
+			// The target failed, not the tunnel: a scrape error, and the
+			// answer that was sent is the reason.
 			c.metrics.scrapeErrors.Inc()
 			out.Reset(sent)
 			failed := util.ErrorAnswer(fmt.Errorf("scraping target: %w", err))
 			if util.WriteAnswer(out, failed, id, true) == nil && out.Flush() == nil {
 				_ = stream.SetWriteDeadline(time.Time{})
-				return fmt.Errorf("answered the reason instead: %w", err)
+				level.Warn(c.logger).Log("msg", "target failed before its answer's first byte; answered the reason", "scrape_id", id, "err", err)
+				return nil
 			}
 		}
 		if err != nil {

@@ -80,9 +80,10 @@ const (
 // header and the control frames waiting to go with it.
 const FrameOverhead = headerSize + maxPendingControl
 
-// maxPendingControl bounds the frames (pongs, resets) waiting to be sent.
-// An honest peer causes one at a time; a peer that floods pings while not
-// reading what it is sent fills it, and the session ends.
+// maxPendingControl bounds the frames (pongs, refusals of streams, this
+// end's pings) waiting to be sent. An honest peer causes one at a time; a
+// peer that floods pings or new streams while not reading what it is sent
+// fills it, and the session ends.
 const maxPendingControl = 64 * headerSize
 
 func (c Config) withDefaults() Config {

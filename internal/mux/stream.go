@@ -230,7 +230,9 @@ func (st *Stream) closeTimedOut() {
 	}
 	st.reset = true
 	st.mu.Unlock()
-	st.session.sendControl(makeHeader(typeWindowUpdate, flagRST, st.id, 0))
+	// On a timer's goroutine, which may wait for the write lock: a burst
+	// of these must not fill the reader's queue of control frames.
+	_ = st.session.writeFrame(makeHeader(typeWindowUpdate, flagRST, st.id, 0), nil)
 	st.session.forget(st)
 }
 
