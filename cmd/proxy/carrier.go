@@ -137,7 +137,7 @@ func (t *tunnel) carryOn(ctx context.Context, s *rendezvous.Scrape, ts *tunnelSt
 		ts.stream.Close()
 		// A write that timed out, or failed as the session shut down, may
 		// still have left.
-		if errors.Is(err, mux.ErrStreamClosed) || errors.Is(err, mux.ErrStreamReset) {
+		if errors.Is(err, mux.ErrStreamClosed) || errors.Is(err, mux.ErrStreamReset) || errors.Is(err, mux.ErrNotSent) {
 			return nil, fmt.Errorf("%w: %v", errNotSent, err)
 		}
 		return nil, fmt.Errorf("sending the scrape on the tunnel: %w", err)
@@ -173,7 +173,7 @@ func (t *tunnel) carryOn(ctx context.Context, s *rendezvous.Scrape, ts *tunnelSt
 // one, or a new one, and whether it was idle.
 func (t *tunnel) stream(idle bool) (*tunnelStream, bool, error) {
 	t.mu.Lock()
-	if n := len(t.idle); idle && n > 0 {
+	for n := len(t.idle); idle && n > 0; n = len(t.idle) {
 		ts := t.idle[n-1]
 		t.idle[n-1] = nil
 		t.idle = t.idle[:n-1]
@@ -182,7 +182,13 @@ func (t *tunnel) stream(idle bool) (*tunnelStream, bool, error) {
 		t.mu.Unlock()
 		t.budget.give(ts.cost)
 		ts.cost = 0
-		return ts, true, nil
+		if ts.stream.Buffered() == 0 {
+			return ts, true, nil
+		}
+		// The client sent on a stream that carried no request: not an
+		// answer to anything, and memory the budget did not count.
+		ts.stream.Close()
+		t.mu.Lock()
 	}
 	t.mu.Unlock()
 	stream, err := t.session.Open()

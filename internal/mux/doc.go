@@ -16,8 +16,8 @@
 //     (Config.ReadBufferIdle), so that idle sessions hold none; the body
 //     of a data frame is read into a pooled chunk that the stream's reader
 //     then copies from. Nothing but reading blocks it: the frames it must
-//     answer (pongs, refusals) wait in a small queue that the next writer,
-//     or itself when no one writes, sends.
+//     send (pongs, refusals) wait in a small queue that the next writer,
+//     or a goroutine started for them when no one writes, sends.
 //   - Pings run on timers, not in a goroutine of their own.
 //
 // # Concurrency
@@ -51,7 +51,7 @@
 //
 // What a peer can make a session hold is bounded: per stream, at most
 // Config.Window bytes of received data (more is a protocol error that ends
-// the session); at most Config.MaxInbound streams opened by the peer at
+// the session), held in about as much memory however small its frames; at most Config.MaxInbound streams opened by the peer at
 // once (more are refused with a reset); at most maxPendingControl frames
 // waiting to be sent. Data for streams that are gone is read and dropped.
 package mux

@@ -63,7 +63,7 @@ func (fr *frameReader) header(h *header) error {
 }
 
 // body is where the body of the frame whose header was read is.
-func (fr *frameReader) body() io.Reader { return fr.buffered }
+func (fr *frameReader) body() *bufio.Reader { return fr.buffered }
 
 // close gives the buffer back.
 func (fr *frameReader) close() {

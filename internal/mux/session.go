@@ -1,6 +1,7 @@
 package mux
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,9 @@ var (
 	// ErrSessionClosed: the session is closed, by Close, by the peer, or
 	// by a failure (Err says which).
 	ErrSessionClosed = errors.New("mux: session closed")
+	// ErrNotSent: the session was closed before a write: nothing of it
+	// left. It is an ErrSessionClosed.
+	ErrNotSent = fmt.Errorf("%w before the write", ErrSessionClosed)
 	// ErrStreamClosed: this end closed the stream.
 	ErrStreamClosed = errors.New("mux: stream closed")
 	// ErrStreamReset: the stream was reset, by the peer or for lack of an
@@ -293,7 +297,7 @@ func (s *Session) writeFrame(h header, body []byte) error {
 	s.writeMu.Lock()
 	if s.IsClosed() {
 		s.writeMu.Unlock()
-		return ErrSessionClosed
+		return ErrNotSent
 	}
 	s.controlMu.Lock()
 	s.joined = append(append(s.joined[:0], s.control...), h[:]...)
@@ -317,10 +321,12 @@ func (s *Session) writeFrame(h header, body []byte) error {
 	return nil
 }
 
-// sendControl sends a control frame without waiting for the write lock:
-// when another goroutine holds it, that one sends the frame as it lets
-// go. The reader sends its frames this way, so that it never waits on a
-// write.
+// sendControl sends a control frame without waiting for the write lock or
+// for the connection: when another goroutine holds the lock, that one
+// sends the frame as it lets go; otherwise a goroutine of its own does. The
+// reader sends its frames this way, so that it never waits on a write: two
+// ends whose readers both waited on writes to each other would wait
+// forever.
 func (s *Session) sendControl(h header) {
 	s.controlMu.Lock()
 	if len(s.control) >= maxPendingControl {
@@ -331,7 +337,8 @@ func (s *Session) sendControl(h header) {
 	s.control = append(s.control, h[:]...)
 	s.controlMu.Unlock()
 	if s.writeMu.TryLock() {
-		s.flushControl()
+		// The lock passes to the goroutine, which lets it go.
+		go s.flushControl()
 	}
 }
 
@@ -432,15 +439,31 @@ func (s *Session) read() {
 			return
 		}
 		if err := s.handle(h, r.body()); err != nil {
-			if errors.Is(err, ErrProtocol) && s.writeMu.TryLock() {
-				// Best effort: the peer learns why before the close.
-				g := makeHeader(typeGoAway, 0, 0, goAwayProtocolError)
-				_, _ = s.conn.Write(g[:])
-				s.writeMu.Unlock()
+			if errors.Is(err, ErrProtocol) {
+				s.goAwayBroken()
 			}
 			s.closeWith(err)
 			return
 		}
+	}
+}
+
+// goAwayWriteTimeout bounds the reader's wait to tell a peer that broke the
+// protocol why the session ends.
+const goAwayWriteTimeout = time.Second
+
+// goAwayBroken tells the peer, if that can be done without waiting, that
+// it broke the protocol: the lock is free and the connection has write
+// deadlines.
+func (s *Session) goAwayBroken() {
+	conn, ok := s.conn.(interface{ SetWriteDeadline(time.Time) error })
+	if !ok || !s.writeMu.TryLock() {
+		return
+	}
+	defer s.writeMu.Unlock()
+	if conn.SetWriteDeadline(time.Now().Add(goAwayWriteTimeout)) == nil {
+		g := makeHeader(typeGoAway, 0, 0, goAwayProtocolError)
+		_, _ = s.conn.Write(g[:])
 	}
 }
 
@@ -454,7 +477,7 @@ func readError(err error) error {
 
 // handle handles one frame whose header is h and whose body, if any, is
 // next in r.
-func (s *Session) handle(h header, r io.Reader) error {
+func (s *Session) handle(h header, r *bufio.Reader) error {
 	if err := h.check(); err != nil {
 		return err
 	}

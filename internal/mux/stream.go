@@ -48,6 +48,13 @@ func newStream(s *Session, id uint32, inbound bool) *Stream {
 	}
 }
 
+// Buffered returns how many received bytes wait to be read.
+func (st *Stream) Buffered() int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return int(st.buffered)
+}
+
 // ID returns the stream's ID.
 func (st *Stream) ID() uint32 { return st.id }
 
@@ -82,7 +89,12 @@ func (st *Stream) Read(p []byte) (int, error) {
 		case st.buffered > 0:
 			n := st.copyOut(p)
 			grant := st.grantDue()
+			more := st.buffered > 0
 			st.mu.Unlock()
+			if more {
+				// For another reader waiting on the same signal.
+				signal(st.readable)
+			}
 			if grant > 0 {
 				// A failure closes the session, which the next read reports.
 				_ = st.session.writeFrame(makeHeader(typeWindowUpdate, 0, st.id, grant), nil)
@@ -153,11 +165,16 @@ func (st *Stream) Write(p []byte) (int, error) {
 		case st.reset:
 			err = ErrStreamReset
 		case st.session.IsClosed():
-			err = ErrSessionClosed
+			err = ErrNotSent
 		}
 		n := uint32(min(len(p)-written, int(st.sendWindow)))
 		st.sendWindow -= n
+		more := st.sendWindow > 0
 		st.mu.Unlock()
+		if more {
+			// For another writer waiting on the same signal.
+			signal(st.writable)
+		}
 		if err != nil {
 			return written, err
 		}
@@ -168,7 +185,7 @@ func (st *Stream) Write(p []byte) (int, error) {
 			case <-st.writeDeadline.wait():
 				return written, ErrTimeout
 			case <-st.session.done:
-				return written, ErrSessionClosed
+				return written, ErrNotSent
 			}
 		}
 		select {
@@ -190,6 +207,7 @@ func (st *Stream) giveBack(n uint32) {
 	st.mu.Lock()
 	st.sendWindow += n
 	st.mu.Unlock()
+	signal(st.writable)
 }
 
 // Close ends the stream for this end: the peer is sent FIN, and what it
@@ -214,7 +232,7 @@ func (st *Stream) Close() error {
 		return nil
 	}
 	st.mu.Lock()
-	if !st.remoteClosed && !st.reset {
+	if !st.remoteClosed && !st.reset && !st.session.IsClosed() {
 		st.closeTimer = time.AfterFunc(st.session.cfg.CloseTimeout, st.closeTimedOut)
 	}
 	st.mu.Unlock()
@@ -268,7 +286,7 @@ func (st *Stream) SetWriteDeadline(t time.Time) error {
 
 // receive reads a data frame's body of length bytes from r. It runs on the
 // session's reader.
-func (st *Stream) receive(r io.Reader, length uint32) error {
+func (st *Stream) receive(r *bufio.Reader, length uint32) error {
 	st.mu.Lock()
 	if length > st.recvWindow {
 		st.mu.Unlock()
@@ -281,6 +299,9 @@ func (st *Stream) receive(r io.Reader, length uint32) error {
 		st.arriving = length
 	}
 	st.mu.Unlock()
+	if !drop && int(length) <= r.Size() {
+		return st.receiveSmall(r, length)
+	}
 	if drop {
 		return discard(r, length)
 	}
@@ -300,6 +321,33 @@ func (st *Stream) receive(r io.Reader, length uint32) error {
 		st.buffered += length
 	}
 	st.mu.Unlock()
+	signal(st.readable)
+	return nil
+}
+
+// receiveSmall takes a body that fits in the read buffer: it is copied
+// into the last chunk when that has room, so that many small frames cost
+// about the bytes they carry, not a chunk each.
+func (st *Stream) receiveSmall(r *bufio.Reader, length uint32) error {
+	data, err := r.Peek(int(length))
+	st.mu.Lock()
+	st.arriving = 0
+	if err != nil {
+		st.mu.Unlock()
+		return readError(err)
+	}
+	if !st.localClosed && !st.reset {
+		n := len(st.chunks)
+		if n > 0 && cap(st.chunks[n-1])-len(st.chunks[n-1]) >= len(data) {
+			st.chunks[n-1] = append(st.chunks[n-1], data...)
+		} else {
+			chunk := st.session.cfg.Buffers.get(max(len(data), smallChunk))[:0]
+			st.chunks = append(st.chunks, append(chunk, data...))
+		}
+		st.buffered += length
+	}
+	st.mu.Unlock()
+	_, _ = r.Discard(int(length))
 	signal(st.readable)
 	return nil
 }
@@ -364,6 +412,8 @@ func (st *Stream) sessionClosed() {
 // two from minChunk to maxPooledChunk, so that answers of any size reuse
 // memory instead of growing a buffer.
 const (
+	// smallChunk is the least a chunk of small frames holds.
+	smallChunk     = 4 << 10
 	minChunkShift  = 9 // 512 bytes
 	maxChunkShift  = 18
 	maxPooledChunk = 1 << maxChunkShift // 256 KiB, a default window
