@@ -291,6 +291,66 @@ func TestAStreamReadsEOFAfterThePeerClosesIt(t *testing.T) {
 	}
 }
 
+func TestNoDataFrameFollowsTheFINWhenCloseRacesAWrite(t *testing.T) {
+	a, b := pipeConns(t)
+	s := Client(a, Config{})
+	t.Cleanup(func() { s.Close() })
+	p := newRawPeer(t, b, true)
+	// The frames are checked as they come, so that none is dropped.
+	late := make(chan string, 1)
+	checked := make(chan struct{})
+	go func() {
+		defer close(checked)
+		finished := map[uint32]bool{}
+		for f := range p.frames {
+			if f.h.typ() == typeData && finished[f.h.streamID()] {
+				select {
+				case late <- f.h.String():
+				default:
+				}
+			}
+			if f.h.has(flagFIN) {
+				finished[f.h.streamID()] = true
+			}
+		}
+	}()
+	// The race is narrow: many rounds, bounded in time too.
+	stop := time.Now().Add(3 * time.Second)
+	for round := 0; round < 1000 && time.Now().Before(stop); round++ {
+		st, err := s.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		started := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for i := range initialWindow / 16 {
+				if _, err := st.Write(make([]byte, 16)); err != nil {
+					return
+				}
+				if i == 0 {
+					close(started)
+				}
+			}
+		}()
+		select {
+		case <-started:
+		case <-done:
+		}
+		st.Close()
+		<-done
+	}
+	s.Close()
+	b.Close()
+	<-checked
+	select {
+	case f := <-late:
+		t.Fatalf("a data frame after the stream's FIN: %s", f)
+	default:
+	}
+}
+
 func TestAStreamClosedByBothEndsIsForgottenByBothSessions(t *testing.T) {
 	client, server := pipeSessions(t, Config{}, Config{})
 	opened, accepted := openPair(t, client, server)

@@ -17,6 +17,11 @@ type Stream struct {
 	id      uint32
 	inbound bool // opened by the peer
 
+	// sendMu is held from Write's check that the stream is open to the
+	// frame's write, and by Close around its FIN, so that no data frame
+	// follows the FIN.
+	sendMu sync.Mutex
+
 	mu           sync.Mutex // guards the fields below
 	chunks       [][]byte   // received and unread, chunks[0][offset:] first
 	offset       int
@@ -145,6 +150,7 @@ func (st *Stream) grantDue() uint32 {
 func (st *Stream) Write(p []byte) (int, error) {
 	written := 0
 	for written < len(p) {
+		st.sendMu.Lock()
 		st.mu.Lock()
 		var err error
 		switch {
@@ -159,9 +165,11 @@ func (st *Stream) Write(p []byte) (int, error) {
 		st.sendWindow -= n
 		st.mu.Unlock()
 		if err != nil {
+			st.sendMu.Unlock()
 			return written, err
 		}
 		if n == 0 {
+			st.sendMu.Unlock()
 			select {
 			case <-st.writable:
 				continue
@@ -173,11 +181,14 @@ func (st *Stream) Write(p []byte) (int, error) {
 		}
 		select {
 		case <-st.writeDeadline.wait():
+			st.sendMu.Unlock()
 			st.giveBack(n)
 			return written, ErrTimeout
 		default:
 		}
-		if err := st.session.writeFrame(makeHeader(typeData, 0, st.id, n), p[written:written+int(n)]); err != nil {
+		err = st.session.writeFrame(makeHeader(typeData, 0, st.id, n), p[written:written+int(n)])
+		st.sendMu.Unlock()
+		if err != nil {
 			return written, err
 		}
 		written += int(n)
@@ -208,7 +219,9 @@ func (st *Stream) Close() error {
 	st.mu.Unlock()
 	signal(st.readable)
 	signal(st.writable)
+	st.sendMu.Lock()
 	err := st.session.writeFrame(makeHeader(typeWindowUpdate, flagFIN, st.id, 0), nil)
+	st.sendMu.Unlock()
 	if remoteClosed || err != nil {
 		st.session.forget(st)
 		return nil
