@@ -3,8 +3,11 @@ package mux
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -362,4 +365,25 @@ func (c *recordingConn) waitRead(t testing.TB, what string, from int, match func
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// waitBlockedIn waits until n goroutines are blocked in a select inside
+// function fn (a name as in a stack trace): a call that is pending has
+// nothing else to show for it.
+func waitBlockedIn(t testing.TB, fn string, n int) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	eventually(t, fmt.Sprintf("%d calls pending in %s", n, fn), func() bool {
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		count := 0
+		for _, g := range strings.Split(stacks, "\n\n") {
+			// The first line is the goroutine's state, the second its
+			// innermost function, runtime's left out.
+			lines := strings.SplitN(g, "\n", 3)
+			if len(lines) >= 2 && strings.Contains(lines[0], "[select") && strings.Contains(lines[1], fn+"(") {
+				count++
+			}
+		}
+		return count >= n
+	})
 }

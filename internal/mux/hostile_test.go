@@ -275,3 +275,107 @@ func floodPings(p *rawPeer) int {
 	}
 	return sent
 }
+
+func TestEveryPendingCallReturnsWhenTheStreamEnds(t *testing.T) {
+	const pending = 3
+	read := func(st *Stream) error {
+		_, err := st.Read(make([]byte, 1))
+		return err
+	}
+	write := func(st *Stream) error {
+		// Beyond the window, which the peer never grants back.
+		_, err := st.Write(make([]byte, initialWindow+1))
+		return err
+	}
+	cases := []struct {
+		name string
+		call func(*Stream) error
+		fn   string // where call waits
+		end  func(*testing.T, *Stream, *rawPeer)
+		want error
+	}{
+		{"reads when the peer closes it", read, "mux.(*Stream).Read", func(t *testing.T, _ *Stream, p *rawPeer) {
+			p.write(t, makeHeader(typeWindowUpdate, flagFIN, 1, 0), nil)
+		}, io.EOF},
+		{"reads when the peer resets it", read, "mux.(*Stream).Read", func(t *testing.T, _ *Stream, p *rawPeer) {
+			p.write(t, makeHeader(typeWindowUpdate, flagRST, 1, 0), nil)
+		}, ErrStreamReset},
+		{"reads when this end closes it", read, "mux.(*Stream).Read", func(_ *testing.T, st *Stream, _ *rawPeer) { st.Close() }, ErrStreamClosed},
+		{"writes when the peer resets it", write, "mux.(*Stream).Write", func(t *testing.T, _ *Stream, p *rawPeer) {
+			p.write(t, makeHeader(typeWindowUpdate, flagRST, 1, 0), nil)
+		}, ErrStreamReset},
+		{"writes when this end closes it", write, "mux.(*Stream).Write", func(_ *testing.T, st *Stream, _ *rawPeer) { st.Close() }, ErrStreamClosed},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s, p := rawServer(t, Config{}, true)
+			p.write(t, synFrame(1), nil)
+			st := accept(t, s)
+			// A call left waiting ends at its deadline, which the test
+			// then reports.
+			_ = st.SetDeadline(time.Now().Add(5 * time.Second))
+			results := make(chan error, pending)
+			for range pending {
+				go func() { results <- tc.call(st) }()
+			}
+			waitBlockedIn(t, tc.fn, pending)
+			tc.end(t, st, p)
+			for range pending {
+				if err := <-results; !errors.Is(err, tc.want) {
+					t.Fatalf("a pending call returned %v, want %v", err, tc.want)
+				}
+			}
+		})
+	}
+}
+
+func TestConcurrentReadsShareWhatArrivesWithoutWaitingForMore(t *testing.T) {
+	s, p := rawServer(t, Config{}, true)
+	p.write(t, synFrame(1), nil)
+	st := accept(t, s)
+	// A read left waiting ends at its deadline, which the test reports.
+	_ = st.SetReadDeadline(time.Now().Add(5 * time.Second))
+	const readers = 3
+	results := make(chan error, readers)
+	for range readers {
+		go func() {
+			_, err := st.Read(make([]byte, 1))
+			results <- err
+		}()
+	}
+	waitBlockedIn(t, "mux.(*Stream).Read", readers)
+	// One frame, a byte for each reader.
+	p.write(t, makeHeader(typeData, 0, 1, readers), []byte("abc"))
+	for range readers {
+		if err := <-results; err != nil {
+			t.Fatalf("a Read: %v, want a byte", err)
+		}
+	}
+}
+
+func TestConcurrentWritesShareAGrantWithoutWaitingForMore(t *testing.T) {
+	s, p := rawServer(t, Config{}, true)
+	p.write(t, synFrame(1), nil)
+	st := accept(t, s)
+	// A write left waiting ends at its deadline, which the test reports.
+	_ = st.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if _, err := st.Write(make([]byte, initialWindow)); err != nil {
+		t.Fatal(err)
+	}
+	const writers = 3
+	results := make(chan error, writers)
+	for range writers {
+		go func() {
+			_, err := st.Write([]byte("x"))
+			results <- err
+		}()
+	}
+	waitBlockedIn(t, "mux.(*Stream).Write", writers)
+	// One grant, a byte for each writer.
+	p.write(t, makeHeader(typeWindowUpdate, 0, 1, writers), nil)
+	for range writers {
+		if err := <-results; err != nil {
+			t.Fatalf("a Write: %v, want it written", err)
+		}
+	}
+}

@@ -87,7 +87,12 @@ func (st *Stream) Read(p []byte) (int, error) {
 		case st.buffered > 0:
 			n := st.copyOut(p)
 			grant := st.grantDue()
+			more := st.buffered > 0
 			st.mu.Unlock()
+			if more {
+				// A concurrent Read waiting takes the rest.
+				signal(st.readable)
+			}
 			if grant > 0 {
 				// A failure closes the session, which the next read reports.
 				_ = st.session.writeFrame(makeHeader(typeWindowUpdate, 0, st.id, grant), nil)
@@ -99,8 +104,13 @@ func (st *Stream) Read(p []byte) (int, error) {
 			err = ErrSessionClosed
 		}
 		st.mu.Unlock()
-		if err != nil || len(p) == 0 {
+		if err != nil {
+			// The signal woke one Read: it wakes the next, which ends too.
+			signal(st.readable)
 			return 0, err
+		}
+		if len(p) == 0 {
+			return 0, nil
 		}
 		select {
 		case <-st.readable:
@@ -163,7 +173,13 @@ func (st *Stream) Write(p []byte) (int, error) {
 		}
 		n := uint32(min(len(p)-written, int(st.sendWindow)))
 		st.sendWindow -= n
+		more := st.sendWindow > 0
 		st.mu.Unlock()
+		if err != nil || more {
+			// The signal woke one Write: it wakes the next, which ends
+			// too or takes the window left.
+			signal(st.writable)
+		}
 		if err != nil {
 			st.sendMu.Unlock()
 			return written, err
