@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"testing"
 	"time"
@@ -200,6 +201,48 @@ func TestClearingTheReadDeadlineMakesReadsWaitAgain(t *testing.T) {
 	}
 }
 
+func TestMovingTheDeadlineOfAPendingReadMovesItsTimeout(t *testing.T) {
+	client, server := pipeSessions(t, Config{}, Config{})
+	opened, _ := openPair(t, client, server)
+	pendingRead := func() <-chan error {
+		read := make(chan error, 1)
+		go func() {
+			_, err := opened.Read(make([]byte, 1))
+			read <- err
+		}()
+		waitBlockedIn(t, "mux.(*Stream).Read", 1)
+		return read
+	}
+	wantTimeout := func(read <-chan error) {
+		t.Helper()
+		select {
+		case err := <-read:
+			if !errors.Is(err, ErrTimeout) {
+				t.Fatalf("Read: %v, want ErrTimeout", err)
+			}
+		case <-time.After(waitTimeout):
+			t.Fatal("Read did not time out")
+		}
+	}
+
+	// A deadline moved later holds the read until then.
+	start := time.Now()
+	_ = opened.SetReadDeadline(start.Add(20 * time.Millisecond))
+	read := pendingRead()
+	const later = 150 * time.Millisecond
+	_ = opened.SetReadDeadline(start.Add(later))
+	wantTimeout(read)
+	if elapsed := time.Since(start); elapsed < later {
+		t.Fatalf("Read timed out after %v, before its moved deadline of %v", elapsed, later)
+	}
+
+	// A deadline moved into the past ends a read that had none.
+	_ = opened.SetReadDeadline(time.Time{})
+	read = pendingRead()
+	_ = opened.SetReadDeadline(time.Now().Add(-time.Second))
+	wantTimeout(read)
+}
+
 func TestADeadlineInThePastFailsAtOnce(t *testing.T) {
 	past := time.Now().Add(-time.Second)
 	cases := []struct {
@@ -238,16 +281,17 @@ func TestAPendingReadOrWriteReturnsErrStreamClosedWhenItsStreamCloses(t *testing
 	cases := []struct {
 		name string
 		do   func(*Stream) error
+		fn   string // where do waits
 	}{
 		{"read", func(st *Stream) error {
 			_, err := st.Read(make([]byte, 1))
 			return err
-		}},
+		}, "mux.(*Stream).Read"},
 		// The write waits for window, the peer reading nothing.
 		{"write", func(st *Stream) error {
 			_, err := st.Write(make([]byte, 2*initialWindow))
 			return err
-		}},
+		}, "mux.(*Stream).Write"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -256,7 +300,7 @@ func TestAPendingReadOrWriteReturnsErrStreamClosedWhenItsStreamCloses(t *testing
 			_ = opened.SetDeadline(time.Now().Add(waitTimeout))
 			done := make(chan error, 1)
 			go func() { done <- tc.do(opened) }()
-			// A read or write started after the close fails the same way.
+			waitBlockedIn(t, tc.fn, 1)
 			opened.Close()
 			select {
 			case err := <-done:
@@ -415,6 +459,9 @@ func TestPendingCallsFailWithErrSessionClosedWhenThePeerGoes(t *testing.T) {
 		_, err := client.Accept()
 		results <- err
 	}()
+	waitBlockedIn(t, "mux.(*Stream).Read", 1)
+	waitBlockedIn(t, "mux.(*Stream).Write", 1)
+	waitBlockedIn(t, "mux.(*Session).Accept", 1)
 	// The peer's connection goes, without a word.
 	b.Close()
 	for range 3 {
@@ -625,5 +672,26 @@ func TestAnIdleSessionGivesItsReadBufferBackAndReadsOn(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkSame(t, got, msg)
+	}
+}
+
+func TestOpenReturnsErrStreamsExhaustedOnceTheIDsRunOut(t *testing.T) {
+	client, server := pipeSessions(t, Config{}, Config{})
+	for _, s := range []*Session{client, server} {
+		// The last ID below the bound is still opened.
+		s.mu.Lock()
+		s.nextID = math.MaxUint32 - 2
+		if !s.client {
+			s.nextID--
+		}
+		s.mu.Unlock()
+		peer := server
+		if s == server {
+			peer = client
+		}
+		openPair(t, s, peer)
+		if _, err := s.Open(); !errors.Is(err, ErrStreamsExhausted) {
+			t.Fatalf("Open with the IDs used: %v, want ErrStreamsExhausted", err)
+		}
 	}
 }
