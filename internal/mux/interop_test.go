@@ -1,6 +1,7 @@
 package mux
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"testing"
@@ -281,5 +282,68 @@ func TestManyStreamsAtOnceInteroperateWithHashicorpYamuxBothWays(t *testing.T) {
 			}
 			eventually(t, "our session forgets the closed streams", func() bool { return numStreams(ours) == 0 })
 		})
+	}
+}
+
+func TestGoAwayInteroperatesWithHashicorpYamux(t *testing.T) {
+	for _, pairing := range interopPairings {
+		t.Run(pairing.name, func(t *testing.T) {
+			ours, theirs := pairing.start(t)
+			// Each end handles frames in order: the answer to a ping sent
+			// after the go-away comes once the go-away was taken.
+			if err := theirs.GoAway(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := theirs.Ping(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ours.Open(); err != ErrRemoteGoAway {
+				t.Fatalf("our Open after yamux's go-away: %v, want ErrRemoteGoAway", err)
+			}
+			if err := ours.GoAway(); err != nil {
+				t.Fatal(err)
+			}
+			pingAndWait(t, ours)
+			if _, err := theirs.OpenStream(); err != yamux.ErrRemoteGoAway {
+				t.Fatalf("yamux's Open after our go-away: %v, want yamux.ErrRemoteGoAway", err)
+			}
+			if ours.IsClosed() || theirs.IsClosed() {
+				t.Fatalf("a session closed: ours %v", ours.Err())
+			}
+		})
+	}
+}
+
+func TestAResetFromHashicorpYamuxGivesErrStreamReset(t *testing.T) {
+	a, b := pipeConns(t)
+	ours := Client(a, Config{})
+	t.Cleanup(func() { ours.Close() })
+	cfg := yamuxConfig()
+	// yamux resets the streams beyond its backlog.
+	cfg.AcceptBacklog = 1
+	theirs, err := yamux.Server(b, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { theirs.Close() })
+	for i := range 2 {
+		st, err := ours.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		if i == 0 {
+			continue
+		}
+		_ = st.SetDeadline(time.Now().Add(waitTimeout))
+		if _, err := st.Read(make([]byte, 1)); !errors.Is(err, ErrStreamReset) {
+			t.Fatalf("Read: %v, want ErrStreamReset", err)
+		}
+		if _, err := st.Write([]byte("x")); !errors.Is(err, ErrStreamReset) {
+			t.Fatalf("Write: %v, want ErrStreamReset", err)
+		}
+	}
+	if ours.IsClosed() {
+		t.Fatalf("our session closed: %v", ours.Err())
 	}
 }
