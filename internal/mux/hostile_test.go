@@ -51,6 +51,7 @@ func TestAPeersResetGivesErrStreamResetToReadsAndWrites(t *testing.T) {
 					_, err := st.Read(make([]byte, 1))
 					pending <- err
 				}()
+				waitBlockedIn(t, "mux.(*Stream).Read", 1)
 			}
 			p.write(t, makeHeader(typeWindowUpdate, flagRST, 1, 0), nil)
 			if !withData {
