@@ -17,6 +17,11 @@ type Stream struct {
 	id      uint32
 	inbound bool // opened by the peer
 
+	// sendMu is held from Write's check that the stream is open to the
+	// frame's write, and by Close around its FIN, so that no data frame
+	// follows the FIN.
+	sendMu sync.Mutex
+
 	mu           sync.Mutex // guards the fields below
 	chunks       [][]byte   // received and unread, chunks[0][offset:] first
 	offset       int
@@ -92,7 +97,7 @@ func (st *Stream) Read(p []byte) (int, error) {
 			more := st.buffered > 0
 			st.mu.Unlock()
 			if more {
-				// For another reader waiting on the same signal.
+				// A concurrent Read waiting takes the rest.
 				signal(st.readable)
 			}
 			if grant > 0 {
@@ -106,8 +111,13 @@ func (st *Stream) Read(p []byte) (int, error) {
 			err = ErrSessionClosed
 		}
 		st.mu.Unlock()
-		if err != nil || len(p) == 0 {
+		if err != nil {
+			// The signal woke one Read: it wakes the next, which ends too.
+			signal(st.readable)
 			return 0, err
+		}
+		if len(p) == 0 {
+			return 0, nil
 		}
 		select {
 		case <-st.readable:
@@ -157,6 +167,7 @@ func (st *Stream) grantDue() uint32 {
 func (st *Stream) Write(p []byte) (int, error) {
 	written := 0
 	for written < len(p) {
+		st.sendMu.Lock()
 		st.mu.Lock()
 		var err error
 		switch {
@@ -171,14 +182,17 @@ func (st *Stream) Write(p []byte) (int, error) {
 		st.sendWindow -= n
 		more := st.sendWindow > 0
 		st.mu.Unlock()
-		if more {
-			// For another writer waiting on the same signal.
+		if err != nil || more {
+			// The signal woke one Write: it wakes the next, which ends
+			// too or takes the window left.
 			signal(st.writable)
 		}
 		if err != nil {
+			st.sendMu.Unlock()
 			return written, err
 		}
 		if n == 0 {
+			st.sendMu.Unlock()
 			select {
 			case <-st.writable:
 				continue
@@ -190,11 +204,14 @@ func (st *Stream) Write(p []byte) (int, error) {
 		}
 		select {
 		case <-st.writeDeadline.wait():
+			st.sendMu.Unlock()
 			st.giveBack(n)
 			return written, ErrTimeout
 		default:
 		}
-		if err := st.session.writeFrame(makeHeader(typeData, 0, st.id, n), p[written:written+int(n)]); err != nil {
+		err = st.session.writeFrame(makeHeader(typeData, 0, st.id, n), p[written:written+int(n)])
+		st.sendMu.Unlock()
+		if err != nil {
 			return written, err
 		}
 		written += int(n)
@@ -226,7 +243,9 @@ func (st *Stream) Close() error {
 	st.mu.Unlock()
 	signal(st.readable)
 	signal(st.writable)
+	st.sendMu.Lock()
 	err := st.session.writeFrame(makeHeader(typeWindowUpdate, flagFIN, st.id, 0), nil)
+	st.sendMu.Unlock()
 	if remoteClosed || err != nil {
 		st.session.forget(st)
 		return nil
