@@ -81,8 +81,8 @@ const (
 )
 
 // FrameOverhead is the most a write adds to a data frame's body: its
-// header and the control frames waiting to go with it.
-const FrameOverhead = headerSize + maxPendingControl
+// header, a window update and the control frames waiting to go with it.
+const FrameOverhead = 2*headerSize + maxPendingControl
 
 // maxPendingControl bounds the frames (pongs, refusals of streams, this
 // end's pings) waiting to be sent. An honest peer causes one at a time; a
@@ -294,15 +294,25 @@ func (s *Session) forget(st *Stream) {
 // writeFrame writes one frame, with any control frames waiting, in one
 // write. A failed write closes the session.
 func (s *Session) writeFrame(h header, body []byte) error {
+	return s.writeFrames(nil, h, body)
+}
+
+// writeFrames is writeFrame with another frame without a body, first, in
+// the same write.
+func (s *Session) writeFrames(first *header, h header, body []byte) error {
 	s.writeMu.Lock()
 	if s.IsClosed() {
 		s.writeMu.Unlock()
 		return ErrNotSent
 	}
 	s.controlMu.Lock()
-	s.joined = append(append(s.joined[:0], s.control...), h[:]...)
+	s.joined = append(s.joined[:0], s.control...)
 	s.control = s.control[:0]
 	s.controlMu.Unlock()
+	if first != nil {
+		s.joined = append(s.joined, first[:]...)
+	}
+	s.joined = append(s.joined, h[:]...)
 	var err error
 	if len(s.joined)+len(body) <= max(s.cfg.WriteBufferKeep, int(s.cfg.Window)+headerSize) {
 		s.joined = append(s.joined, body...)

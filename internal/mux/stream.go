@@ -93,7 +93,7 @@ func (st *Stream) Read(p []byte) (int, error) {
 			err = ErrStreamReset
 		case st.buffered > 0:
 			n := st.copyOut(p)
-			grant := st.grantDue()
+			grant := st.grantDue(st.session.cfg.Window / 4 * 3)
 			more := st.buffered > 0
 			st.mu.Unlock()
 			if more {
@@ -150,12 +150,18 @@ func (st *Stream) copyOut(p []byte) int {
 }
 
 // grantDue returns the window to grant back to the peer, with st.mu held:
-// what was read since the last grant, once it is half the window, so that
-// a stream read steadily costs a window update per half window.
-func (st *Stream) grantDue() uint32 {
-	window := st.session.cfg.Window
-	free := window - st.recvWindow - st.buffered - st.arriving
-	if free < window/2 || st.remoteClosed {
+// what was read since the last grant, once it is at least threshold.
+//
+// A read grants it once it is three quarters of the window; a write on the
+// stream grants it with its data frame, in the same write, once it is half.
+// A stream that carries a request and then an answer, one pair after
+// another, so grants the window back with its next request, which costs
+// no write and no wake-up of the peer of its own; one that carries a large
+// answer costs a window update per three quarters of a window, and the
+// sender still has a quarter of its window to send while the update comes.
+func (st *Stream) grantDue(threshold uint32) uint32 {
+	free := st.session.cfg.Window - st.recvWindow - st.buffered - st.arriving
+	if free < threshold || st.remoteClosed {
 		return 0
 	}
 	st.recvWindow += free
@@ -209,7 +215,16 @@ func (st *Stream) Write(p []byte) (int, error) {
 			return written, ErrTimeout
 		default:
 		}
-		err = st.session.writeFrame(makeHeader(typeData, 0, st.id, n), p[written:written+int(n)])
+		st.mu.Lock()
+		grant := st.grantDue(st.session.cfg.Window / 2)
+		st.mu.Unlock()
+		data := makeHeader(typeData, 0, st.id, n)
+		if grant > 0 {
+			update := makeHeader(typeWindowUpdate, 0, st.id, grant)
+			err = st.session.writeFrames(&update, data, p[written:written+int(n)])
+		} else {
+			err = st.session.writeFrame(data, p[written:written+int(n)])
+		}
 		st.sendMu.Unlock()
 		if err != nil {
 			return written, err
