@@ -76,6 +76,8 @@ func newClient(cfg config, logger log.Logger, reg prometheus.Registerer) (*clien
 	if file := cfg.security.webConfigFile; file != "" {
 		c.onReload("web config", func() error { return validateWebConfig(file) })
 	}
+	// Without a targets file there is nothing that could fail to load.
+	c.metrics.targetsReloadOK.Set(1)
 	if cfg.targetsFile != "" {
 		if c.targets, err = newTargetsFile(cfg.targetsFile, cfg.labels, cfg.targetsMax, c.metrics); err != nil {
 			return nil, fmt.Errorf("--targets.file: %w", err)

@@ -61,7 +61,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		targetsReloadOK: factory.NewGauge(prometheus.GaugeOpts{
 			Name: "pushprox_client_targets_last_reload_successful",
-			Help: "1 if the targets file parsed when last read, 0 if not (the previous targets are then kept).",
+			Help: "1 if the targets file parsed when last read (or there is none), 0 if not (the previous targets are then kept).",
 		}),
 		targetsReloadTime: factory.NewGauge(prometheus.GaugeOpts{
 			Name: "pushprox_client_targets_last_reload_success_timestamp_seconds",
