@@ -105,40 +105,47 @@ func transferOnce(open, accept func() (conn, uint32, error), size int, fromOpene
 	return receiver.Close()
 }
 
+// streamMakers returns the ways to get a stream, with its ID, on either end
+// of an interop pairing: opened or accepted, by our session or by yamux's.
+func streamMakers(ours *Session, theirs *yamux.Session) (openOurs, acceptOurs, openTheirs, acceptTheirs func() (conn, uint32, error)) {
+	openOurs = func() (conn, uint32, error) {
+		st, err := ours.Open()
+		if err != nil {
+			return nil, 0, err
+		}
+		return st, st.ID(), nil
+	}
+	acceptOurs = func() (conn, uint32, error) {
+		st, err := ours.Accept()
+		if err != nil {
+			return nil, 0, err
+		}
+		return st, st.ID(), nil
+	}
+	openTheirs = func() (conn, uint32, error) {
+		st, err := theirs.OpenStream()
+		if err != nil {
+			return nil, 0, err
+		}
+		return st, st.StreamID(), nil
+	}
+	acceptTheirs = func() (conn, uint32, error) {
+		st, err := theirs.AcceptStream()
+		if err != nil {
+			return nil, 0, err
+		}
+		return st, st.StreamID(), nil
+	}
+	return openOurs, acceptOurs, openTheirs, acceptTheirs
+}
+
 func TestSessionsInteroperateWithHashicorpYamux(t *testing.T) {
 	// Four windows, and odd, so that both ends wait for window updates.
 	const size = 4*initialWindow + 3
 	for _, pairing := range interopPairings {
 		t.Run(pairing.name, func(t *testing.T) {
 			ours, theirs := pairing.start(t)
-			openOurs := func() (conn, uint32, error) {
-				st, err := ours.Open()
-				if err != nil {
-					return nil, 0, err
-				}
-				return st, st.ID(), nil
-			}
-			acceptOurs := func() (conn, uint32, error) {
-				st, err := ours.Accept()
-				if err != nil {
-					return nil, 0, err
-				}
-				return st, st.ID(), nil
-			}
-			openTheirs := func() (conn, uint32, error) {
-				st, err := theirs.OpenStream()
-				if err != nil {
-					return nil, 0, err
-				}
-				return st, st.StreamID(), nil
-			}
-			acceptTheirs := func() (conn, uint32, error) {
-				st, err := theirs.AcceptStream()
-				if err != nil {
-					return nil, 0, err
-				}
-				return st, st.StreamID(), nil
-			}
+			openOurs, acceptOurs, openTheirs, acceptTheirs := streamMakers(ours, theirs)
 			cases := []struct {
 				name         string
 				open, accept func() (conn, uint32, error)
@@ -234,34 +241,7 @@ func TestManyStreamsAtOnceInteroperateWithHashicorpYamuxBothWays(t *testing.T) {
 	for _, pairing := range interopPairings {
 		t.Run(pairing.name, func(t *testing.T) {
 			ours, theirs := pairing.start(t)
-			openOurs := func() (conn, uint32, error) {
-				st, err := ours.Open()
-				if err != nil {
-					return nil, 0, err
-				}
-				return st, st.ID(), nil
-			}
-			acceptOurs := func() (conn, uint32, error) {
-				st, err := ours.Accept()
-				if err != nil {
-					return nil, 0, err
-				}
-				return st, st.ID(), nil
-			}
-			openTheirs := func() (conn, uint32, error) {
-				st, err := theirs.OpenStream()
-				if err != nil {
-					return nil, 0, err
-				}
-				return st, st.StreamID(), nil
-			}
-			acceptTheirs := func() (conn, uint32, error) {
-				st, err := theirs.AcceptStream()
-				if err != nil {
-					return nil, 0, err
-				}
-				return st, st.StreamID(), nil
-			}
+			openOurs, acceptOurs, openTheirs, acceptTheirs := streamMakers(ours, theirs)
 			errs := make(chan error, 4*streams)
 			go echoAll(acceptOurs, streams, errs)
 			go echoAll(acceptTheirs, streams, errs)

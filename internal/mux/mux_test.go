@@ -40,31 +40,8 @@ func echoStreams(s *Session, n, size int, errs chan<- error) {
 // roundTrip opens a stream at s, sends want on it while reading the echo,
 // checks the echo byte for byte and closes the stream.
 func roundTrip(s *Session, want []byte) error {
-	st, err := s.Open()
-	if err != nil {
-		return fmt.Errorf("Open: %w", err)
-	}
-	defer st.Close()
-	_ = st.SetDeadline(time.Now().Add(waitTimeout))
-	written := make(chan error, 1)
-	go func() {
-		_, err := st.Write(want)
-		written <- err
-	}()
-	got := make([]byte, len(want))
-	_, readErr := io.ReadFull(st, got)
-	if err := <-written; err != nil {
-		return fmt.Errorf("stream %d writing: %w", st.ID(), err)
-	}
-	if readErr != nil {
-		return fmt.Errorf("stream %d reading the echo: %w", st.ID(), readErr)
-	}
-	for i := range got {
-		if got[i] != want[i] {
-			return fmt.Errorf("stream %d: byte %d of the echo is %#x, want %#x", st.ID(), i, got[i], want[i])
-		}
-	}
-	return nil
+	open, _, _, _ := streamMakers(s, nil)
+	return echoOnce(open, want)
 }
 
 func TestManyStreamsRoundTripBothWaysBeyondTheWindow(t *testing.T) {
