@@ -387,3 +387,20 @@ func waitBlockedIn(t testing.TB, fn string, n int) {
 		return count >= n
 	})
 }
+
+// collect takes n results from errs, reporting each error, and fails the
+// test if they do not all come within waitTimeout.
+func collect(t *testing.T, errs <-chan error, n int) {
+	t.Helper()
+	timeout := time.After(waitTimeout)
+	for range n {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Error(err)
+			}
+		case <-timeout:
+			t.Fatal("the streams did not finish in time")
+		}
+	}
+}

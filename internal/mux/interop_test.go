@@ -249,17 +249,7 @@ func TestManyStreamsAtOnceInteroperateWithHashicorpYamuxBothWays(t *testing.T) {
 				go func() { errs <- echoOnce(openOurs, payload(size, byte(i))) }()
 				go func() { errs <- echoOnce(openTheirs, payload(size, byte(50+i))) }()
 			}
-			timeout := time.After(waitTimeout)
-			for range 4 * streams {
-				select {
-				case err := <-errs:
-					if err != nil {
-						t.Error(err)
-					}
-				case <-timeout:
-					t.Fatal("the streams did not finish in time")
-				}
-			}
+			collect(t, errs, 4*streams)
 			eventually(t, "our session forgets the closed streams", func() bool { return numStreams(ours) == 0 })
 		})
 	}

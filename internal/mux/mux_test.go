@@ -59,17 +59,7 @@ func TestManyStreamsRoundTripBothWaysBeyondTheWindow(t *testing.T) {
 				go func() { errs <- roundTrip(client, payload(size, byte(i))) }()
 				go func() { errs <- roundTrip(server, payload(size, byte(100+i))) }()
 			}
-			timeout := time.After(waitTimeout)
-			for range 4 * streams {
-				select {
-				case err := <-errs:
-					if err != nil {
-						t.Error(err)
-					}
-				case <-timeout:
-					t.Fatal("the streams did not finish in time")
-				}
-			}
+			collect(t, errs, 4*streams)
 			eventually(t, "both sessions forget the closed streams", func() bool {
 				return numStreams(client) == 0 && numStreams(server) == 0
 			})
