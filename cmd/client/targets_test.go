@@ -1,11 +1,13 @@
 package main
 
 import (
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/go-kit/log"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -110,5 +112,16 @@ func TestTheTargetsFileMustSayItsFormat(t *testing.T) {
 	_, err := parseFlags([]string{"--proxy-url=http://proxy:8080", "--fqdn=gw", "--targets.file=targets.txt"}, &out)
 	if err == nil || !strings.Contains(err.Error(), ".json, .yml or .yaml") {
 		t.Errorf("parseFlags = %v, want the file refused for its extension", err)
+	}
+}
+
+func TestAClientWithoutATargetsFileReportsItsTargetsAsLoaded(t *testing.T) {
+	c, err := newClient(testConfig(&url.URL{Scheme: "http", Host: "proxy.example"}, "node"), log.NewNopLogger(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The alert on a refused targets file must stay quiet on such clients.
+	if got := testutil.ToFloat64(c.metrics.targetsReloadOK); got != 1 {
+		t.Errorf("pushprox_client_targets_last_reload_successful = %v without a targets file, want 1", got)
 	}
 }

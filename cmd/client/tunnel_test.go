@@ -65,14 +65,3 @@ func TestATargetThatBreaksBeforeItsFirstByteIsOneScrapeErrorAnsweredWithTheReaso
 		t.Errorf("push errors: %v, want 0: the reason was answered", got)
 	}
 }
-
-func TestAClientWithoutATargetsFileReportsItsTargetsAsLoaded(t *testing.T) {
-	c, err := newClient(testConfig(&url.URL{Scheme: "http", Host: "proxy.example"}, "node"), log.NewNopLogger(), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The alert on a refused targets file must stay quiet on such clients.
-	if got := testutil.ToFloat64(c.metrics.targetsReloadOK); got != 1 {
-		t.Errorf("pushprox_client_targets_last_reload_successful = %v without a targets file, want 1", got)
-	}
-}
