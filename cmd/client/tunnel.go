@@ -143,11 +143,17 @@ func (c *client) runTunnel(ctx, scrapeCtx context.Context, up *upstream, logger 
 	var streams sync.WaitGroup
 	stopped := make(chan struct{})
 	defer close(stopped)
+	// The streams stop once the proxy was told to open no more: an idle
+	// stream closed before the go-away left would send the proxy's next
+	// scrape to a new stream, which the client then refuses.
+	goneAway, goAway := context.WithCancel(context.WithoutCancel(ctx))
+	defer goAway()
 	go func() {
 		select {
 		case <-ctx.Done():
 			// No new streams; those running finish, then the tunnel ends.
 			_ = session.GoAway()
+			goAway()
 			streams.Wait()
 			session.Close()
 		case <-stopped:
@@ -163,7 +169,7 @@ func (c *client) runTunnel(ctx, scrapeCtx context.Context, up *upstream, logger 
 			return err
 		}
 		streams.Add(1)
-		go c.serveStream(ctx, scrapeCtx, stream, reuse, streams.Done)
+		go c.serveStream(goneAway, scrapeCtx, stream, reuse, streams.Done)
 	}
 }
 

@@ -152,6 +152,11 @@ func (t *tunnel) carryOn(ctx context.Context, s *rendezvous.Scrape, ts *tunnelSt
 		case err == nil:
 			resp.Body.Close()
 			err = ctx.Err()
+		case errors.Is(err, mux.ErrStreamReset):
+			// A client resets a stream only when it refuses it (it takes
+			// no new streams, it is stopping, or has too many): it never
+			// read the request.
+			err = fmt.Errorf("%w: %v", errNotSent, err)
 		case errors.Is(err, mux.ErrSessionClosed) || err == io.EOF && t.session.IsClosed():
 			// The client may have started on s before its tunnel died.
 			err = fmt.Errorf("tunnel closed before the answer: %w", io.ErrUnexpectedEOF)
