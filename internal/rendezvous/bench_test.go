@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-kit/log"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // The hub's hot path, one scrape per op, with a fleet of other clients
@@ -182,5 +186,28 @@ func BenchmarkApplyingAnAnnouncementOfTwoHundredThousandTargets(b *testing.B) {
 	for range b.N {
 		s.SetTargets(targets, nil)
 		s.SetTargets(nil, nil)
+	}
+}
+
+// BenchmarkGatheringTheMetricsOfTenThousandClients is one scrape of the
+// proxy's /metrics with 10 000 clients known: two series each.
+func BenchmarkGatheringTheMetricsOfTenThousandClients(b *testing.B) {
+	reg := prometheus.NewRegistry()
+	h := New(Config{RegistrationTimeout: time.Hour, MaxClients: 1 << 20}, log.NewNopLogger(), reg)
+	defer h.Close()
+	for i := range 10000 {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_, _ = h.Poll(ctx, client(fmt.Sprintf("node%d.example.com", i)), WaitForever)
+	}
+	handler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("GET", "/metrics", nil)
+		req.Header.Set("Accept-Encoding", "gzip")
+		handler.ServeHTTP(rec, req)
+		io.Copy(io.Discard, rec.Body)
 	}
 }

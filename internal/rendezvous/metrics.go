@@ -3,6 +3,7 @@ package rendezvous
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // maxClientSeries bounds the FQDNs exported with series of their own, so
@@ -46,6 +47,9 @@ type hubCollector struct {
 	hub                                          *Hub
 	clients, parked, connected, tunnels, targets *prometheus.Desc
 	clientConnected, clientLastSeen              *prometheus.Desc
+	// The names of the per-FQDN series' labels, which their label pairs
+	// point to.
+	fqdnLabel, transportLabel string
 }
 
 func newHubCollector(h *Hub) *hubCollector {
@@ -65,6 +69,8 @@ func newHubCollector(h *Hub) *hubCollector {
 			"1 while a client of the FQDN has a live connection, 0 while it is known but not connected; transport of its latest connection.", []string{"fqdn", "transport"}, nil),
 		clientLastSeen: prometheus.NewDesc("pushprox_proxy_client_last_seen_timestamp_seconds",
 			"Unix time of the latest contact with a client of the FQDN (now, while connected).", []string{"fqdn"}, nil),
+		fqdnLabel:      "fqdn",
+		transportLabel: "transport",
 	}
 }
 
@@ -74,11 +80,45 @@ func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-// fqdnState is what the per-client series say of one FQDN.
-type fqdnState struct {
+// fqdnSeries is what the per-client series say of one FQDN, and the two
+// series: with thousands of clients, a gather makes two series per client,
+// and prometheus.MustNewConstMetric would allocate about ten objects for
+// each; these come in one slice.
+type fqdnSeries struct {
+	fqdn      string
 	connected bool
 	transport string
 	lastSeen  float64
+
+	connectedGauge, lastSeenGauge fqdnGauge
+}
+
+// fqdnGauge is one per-FQDN gauge, its label pairs sorted by name as the
+// registry wants them.
+type fqdnGauge struct {
+	desc   *prometheus.Desc
+	value  float64
+	pairs  [2]dto.LabelPair
+	labels [2]*dto.LabelPair
+	n      int // labels used
+}
+
+// set fills the gauge with value and its label pairs (name, value), which
+// must outlive the gather.
+func (g *fqdnGauge) set(desc *prometheus.Desc, value float64, names, values []*string) {
+	g.desc, g.value, g.n = desc, value, len(names)
+	for i := range names {
+		g.pairs[i].Name, g.pairs[i].Value = names[i], values[i]
+		g.labels[i] = &g.pairs[i]
+	}
+}
+
+func (g *fqdnGauge) Desc() *prometheus.Desc { return g.desc }
+
+func (g *fqdnGauge) Write(out *dto.Metric) error {
+	out.Label = g.labels[:g.n]
+	out.Gauge = &dto.Gauge{Value: &g.value}
+	return nil
 }
 
 func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
@@ -86,8 +126,11 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	h.mu.Lock()
 	now := h.now()
 	known, targets, connectedPoll, connectedTunnel, tunnels := 0, 0, 0, 0, 0
-	perFQDN := map[string]*fqdnState{}
+	// Each FQDN is one entry of byFQDN; the slice never grows past its
+	// capacity, so that pointers into it stay valid.
+	perFQDN := make([]fqdnSeries, 0, min(len(h.registry.byFQDN), maxClientSeries))
 	for fqdn, byLabels := range h.registry.byFQDN {
+		var state *fqdnSeries
 		for _, r := range byLabels {
 			if !h.registry.alive(r, now) {
 				continue
@@ -106,13 +149,12 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 				// A tunnel also counts on each of its targets; it is one.
 				tunnels += r.tunnels
 			}
-			state := perFQDN[fqdn]
 			if state == nil {
-				if len(perFQDN) >= maxClientSeries {
+				if len(perFQDN) == cap(perFQDN) {
 					continue
 				}
-				state = &fqdnState{}
-				perFQDN[fqdn] = state
+				perFQDN = append(perFQDN, fqdnSeries{fqdn: fqdn})
+				state = &perFQDN[len(perFQDN)-1]
 			}
 			seen := r.lastSeen
 			if r.connected() {
@@ -138,12 +180,16 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, float64(connectedPoll), TransportPoll)
 	ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, float64(connectedTunnel), TransportTunnel)
 	ch <- prometheus.MustNewConstMetric(c.tunnels, prometheus.GaugeValue, float64(tunnels))
-	for fqdn, state := range perFQDN {
+	for i := range perFQDN {
+		state := &perFQDN[i]
 		connected := 0.0
 		if state.connected {
 			connected = 1
 		}
-		ch <- prometheus.MustNewConstMetric(c.clientConnected, prometheus.GaugeValue, connected, fqdn, state.transport)
-		ch <- prometheus.MustNewConstMetric(c.clientLastSeen, prometheus.GaugeValue, state.lastSeen, fqdn)
+		state.connectedGauge.set(c.clientConnected, connected,
+			[]*string{&c.fqdnLabel, &c.transportLabel}, []*string{&state.fqdn, &state.transport})
+		state.lastSeenGauge.set(c.clientLastSeen, state.lastSeen, []*string{&c.fqdnLabel}, []*string{&state.fqdn})
+		ch <- &state.connectedGauge
+		ch <- &state.lastSeenGauge
 	}
 }
