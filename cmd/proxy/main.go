@@ -115,7 +115,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	// The defaults let a site of a thousand clients behind one address
 	// register at once and a fleet of 10 000 within 90 s, while one
 	// source cannot churn the registry faster than 100 clients a second.
-	app.Flag("registration.rate-per-source", "New clients a second one source address (an IPv6 /64) may register while the proxy has no authentication; beyond its burst, polls and tunnels for new FQDNs get 429. Clients already registered are never limited. 0 turns the limit off.").
+	app.Flag("registration.rate-per-source", "New clients a second one source address (an IPv6 /64; all of a /48 four times that) may register while the proxy has no authentication; beyond its burst, polls and tunnels for new FQDNs get 429. Clients already registered are never limited. 0 turns the limit off.").
 		Default("100").Float64Var(&cfg.registrationRate)
 	app.Flag("registration.burst-per-source", "New clients one source address may register at once before --registration.rate-per-source applies. 0 turns the limit off.").
 		Default("1000").IntVar(&cfg.registrationBurst)

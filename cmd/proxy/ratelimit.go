@@ -42,6 +42,13 @@ type sourceLimiter struct {
 	lru *list.List
 }
 
+// aggregateShare is how many sources' worth of registrations an IPv6 /48
+// may make, in rate and burst, across all its /64s: a site, which usually
+// holds a /48 or a /56, cannot multiply its allowance by the thousands of
+// /64s it can send from, while a few hosts of one site sharing the limit
+// still have several sources' worth.
+const aggregateShare = 4
+
 // sourceBucket is the token bucket of one source.
 type sourceBucket struct {
 	source  netip.Prefix
@@ -81,23 +88,50 @@ func (l *sourceLimiter) allow(source netip.Prefix) (retryAfter time.Duration, ok
 	// last use and forgetting idle buckets can stop at the first recent one.
 	now := l.now()
 	l.forgetIdleLocked(now)
+	taken := []*rate.Reservation{l.bucketLocked(source, 1, now).limiter.ReserveN(now, 1)}
+	if aggregate, ok := aggregateOf(source); ok {
+		taken = append(taken, l.bucketLocked(aggregate, aggregateShare, now).limiter.ReserveN(now, 1))
+	}
+	// A token is taken from every bucket or from none.
+	var wait time.Duration
+	for _, r := range taken {
+		wait = max(wait, r.DelayFrom(now))
+	}
+	if wait == 0 {
+		return 0, true
+	}
+	for _, r := range taken {
+		r.CancelAt(now)
+	}
+	return wait, false
+}
+
+// bucketLocked returns the bucket of prefix, made with share times the
+// rate and burst of a source when it is new, and marks it used now.
+func (l *sourceLimiter) bucketLocked(prefix netip.Prefix, share int, now time.Time) *sourceBucket {
 	var b *sourceBucket
-	if e := l.buckets[source]; e != nil {
+	if e := l.buckets[prefix]; e != nil {
 		b = e.Value.(*sourceBucket)
 		l.lru.MoveToBack(e)
 	} else {
 		if len(l.buckets) >= maxSourceBuckets {
 			l.dropLocked(l.lru.Front())
 		}
-		b = &sourceBucket{source: source, limiter: rate.NewLimiter(l.rate, l.burst)}
-		l.buckets[source] = l.lru.PushBack(b)
+		b = &sourceBucket{source: prefix, limiter: rate.NewLimiter(l.rate*rate.Limit(share), l.burst*share)}
+		l.buckets[prefix] = l.lru.PushBack(b)
 	}
 	b.used = now
-	if b.limiter.AllowN(now, 1) {
-		return 0, true
+	return b
+}
+
+// aggregateOf returns the /48 that an IPv6 source's registrations count
+// against as well.
+func aggregateOf(source netip.Prefix) (netip.Prefix, bool) {
+	if !source.Addr().Is6() {
+		return netip.Prefix{}, false
 	}
-	missing := 1 - b.limiter.TokensAt(now)
-	return time.Duration(missing / float64(l.rate) * float64(time.Second)), false
+	aggregate, err := source.Addr().Prefix(48)
+	return aggregate, err == nil
 }
 
 // forgetIdleLocked drops the buckets unused long enough to be full again.
@@ -162,8 +196,12 @@ func (p *proxy) admit(w http.ResponseWriter, r *http.Request, c rendezvous.Clien
 
 // rateLimited says why a registration from source was refused.
 func (p *proxy) rateLimited(source netip.Prefix) error {
-	return fmt.Errorf("too many new clients registered from %s: at most %g a second in bursts of %d per source while the proxy has no authentication (--registration.rate-per-source, --registration.burst-per-source)",
-		source, float64(p.limiter.rate), p.limiter.burst)
+	var site string
+	if aggregate, ok := aggregateOf(source); ok {
+		site = fmt.Sprintf(", and %d times that across %s", aggregateShare, aggregate)
+	}
+	return fmt.Errorf("too many new clients registered from %s: at most %g a second in bursts of %d per source%s while the proxy has no authentication (--registration.rate-per-source, --registration.burst-per-source)",
+		source, float64(p.limiter.rate), p.limiter.burst, site)
 }
 
 // admitTargets returns what admits each target a tunnel announces that it

@@ -134,6 +134,39 @@ func TestSourcesAreIPv4AddressesAndIPv6Slash64s(t *testing.T) {
 	}
 }
 
+func TestAnIPv6SiteCannotMultiplyItsBurstByRotatingThroughItsSlash64s(t *testing.T) {
+	clock := testclock.New(time.Unix(1e9, 0))
+	const burst = 3
+	l := newSourceLimiter(1, burst, clock.Now)
+	allowed := 0
+	for i := range 256 {
+		source := netip.MustParsePrefix(fmt.Sprintf("2001:db8:1:%x::/64", i))
+		if _, ok := l.allow(source); ok {
+			allowed++
+		}
+	}
+	if want := aggregateShare * burst; allowed != want {
+		t.Errorf("256 /64s of one /48 registered %d clients at once, want the /48's burst of %d", allowed, want)
+	}
+	// Another site, and IPv4, are not held back by it.
+	if _, ok := l.allow(netip.MustParsePrefix("2001:db8:2::/64")); !ok {
+		t.Error("a /64 of another /48 was refused")
+	}
+	if _, ok := l.allow(netip.MustParsePrefix("192.0.2.1/32")); !ok {
+		t.Error("an IPv4 source was refused")
+	}
+	// A /64 refused by its /48 kept its own tokens: once the /48 has one
+	// again, the first /64 that asks gets it.
+	wait, ok := l.allow(netip.MustParsePrefix("2001:db8:1:ff::/64"))
+	if ok || wait <= 0 {
+		t.Fatalf("a /64 of the spent /48: allowed %v, wait %v", ok, wait)
+	}
+	clock.Advance(wait)
+	if _, ok := l.allow(netip.MustParsePrefix("2001:db8:1:ff::/64")); !ok {
+		t.Error("refused once its /48 had a token again")
+	}
+}
+
 func TestRetryAfterIsWholeSecondsRoundedUp(t *testing.T) {
 	for wait, want := range map[time.Duration]string{
 		0: "1", 10 * time.Millisecond: "1", time.Second: "1", 1500 * time.Millisecond: "2",
