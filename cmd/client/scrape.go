@@ -48,6 +48,14 @@ func (c *client) serveScrape(ctx, scrapeCtx context.Context, req *http.Request, 
 // takeSlot waits for a scrape slot for req, or refuses req through send
 // when ctx ends first.
 func (c *client) takeSlot(ctx, scrapeCtx context.Context, req *http.Request, taken time.Time, send func(*http.Response) error) bool {
+	// A free slot serves the scrape even when ctx just ended: the proxy
+	// gave it to this client and gives it to no other.
+	select {
+	case c.slots <- struct{}{}:
+		c.scrapes.Add(1)
+		return true
+	default:
+	}
 	select {
 	case c.slots <- struct{}{}:
 	case <-ctx.Done():

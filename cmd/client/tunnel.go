@@ -140,32 +140,26 @@ func (c *client) runTunnel(ctx, scrapeCtx context.Context, up *upstream, logger 
 	c.connected.Add(1)
 	defer c.connected.Add(-1)
 
-	var streams sync.WaitGroup
-	stopped := make(chan struct{})
-	defer close(stopped)
 	// The streams stop once the proxy was told to open no more: an idle
 	// stream closed before the go-away left would send the proxy's next
 	// scrape to a new stream, which the client then refuses.
 	goneAway, goAway := context.WithCancel(context.WithoutCancel(ctx))
 	defer goAway()
-	go func() {
-		select {
-		case <-ctx.Done():
-			// No new streams; those running finish, then the tunnel ends.
-			_ = session.GoAway()
-			goAway()
-			streams.Wait()
-			session.Close()
-		case <-stopped:
-		}
-	}()
+	stopping := context.AfterFunc(ctx, func() {
+		_ = session.GoAway()
+		goAway()
+	})
+	defer stopping()
+	var streams sync.WaitGroup
 	for {
 		stream, err := session.Accept()
 		if err != nil {
-			if session.IsClosed() {
+			// After the go-away, Accept returned the streams opened before
+			// it: once they are served, the tunnel ends.
+			streams.Wait()
+			if !errors.Is(err, mux.ErrLocalGoAway) {
 				err = fmt.Errorf("tunnel closed: %w", err)
 			}
-			streams.Wait()
 			return err
 		}
 		streams.Add(1)

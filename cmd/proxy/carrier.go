@@ -152,8 +152,8 @@ func (t *tunnel) carryOn(ctx context.Context, s *rendezvous.Scrape, ts *tunnelSt
 		case err == nil:
 			resp.Body.Close()
 			err = ctx.Err()
-		case errors.Is(err, mux.ErrStreamReset):
-			// A client resets a stream only when it refuses it (it takes
+		case errors.Is(err, mux.ErrStreamRefused):
+			// The client reset the stream before accepting it (it takes
 			// no new streams, it is stopping, or has too many): it never
 			// read the request.
 			err = fmt.Errorf("%w: %v", errNotSent, err)

@@ -40,6 +40,13 @@
 //     one end reset them, or the session closed. A stream this end closed
 //     that the peer does not close within Config.CloseTimeout is reset.
 //
+// # Go-away and refusals
+//
+// After GoAway, streams the peer opens are reset; Accept returns those it
+// opened before, then ErrLocalGoAway, so that the acceptor knows when it
+// has them all. A stream this end opened that the peer resets before its
+// ACK gives ErrStreamRefused (an ErrStreamReset): the peer never read it.
+//
 // # Exactly once
 //
 // A session closes once; its error (Err) is set before Done is closed. A

@@ -382,3 +382,48 @@ func TestConcurrentWritesShareAGrantWithoutWaitingForMore(t *testing.T) {
 		}
 	}
 }
+
+func TestAcceptAfterOurGoAwayReturnsTheStreamsOpenedBeforeItThenErrLocalGoAway(t *testing.T) {
+	s, p := rawServer(t, Config{}, true)
+	p.write(t, synFrame(1), nil)
+	eventually(t, "the stream queued", func() bool { return numStreams(s) == 1 })
+	if err := s.GoAway(); err != nil {
+		t.Fatal(err)
+	}
+	if st := accept(t, s); st.ID() != 1 {
+		t.Fatalf("accepted stream %d, want 1, opened before the go-away", st.ID())
+	}
+	if st, err := s.Accept(); !errors.Is(err, ErrLocalGoAway) {
+		t.Fatalf("Accept after the go-away and its streams: %v, %v; want ErrLocalGoAway", st, err)
+	}
+}
+
+func TestAStreamThePeerResetsBeforeAcceptingItWasRefused(t *testing.T) {
+	for _, acked := range []bool{false, true} {
+		name := "reset without an ACK"
+		if acked {
+			name = "reset after the ACK"
+		}
+		t.Run(name, func(t *testing.T) {
+			// Our end opens the streams: the raw peer plays the server.
+			a, b := pipeConns(t)
+			s := Client(b, Config{})
+			t.Cleanup(func() { s.Close() })
+			p := newRawPeer(t, a, true)
+			st, err := s.Open()
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.next(t, "the SYN", func(h header) bool { return h.streamID() == st.ID() && h.has(flagSYN) })
+			if acked {
+				p.write(t, makeHeader(typeWindowUpdate, flagACK, st.ID(), 0), nil)
+			}
+			p.write(t, makeHeader(typeWindowUpdate, flagRST, st.ID(), 0), nil)
+			_ = st.SetReadDeadline(time.Now().Add(waitTimeout))
+			_, err = st.Read(make([]byte, 1))
+			if !errors.Is(err, ErrStreamReset) || errors.Is(err, ErrStreamRefused) != !acked {
+				t.Errorf("Read: %v; want ErrStreamReset, and ErrStreamRefused only without the ACK", err)
+			}
+		})
+	}
+}

@@ -24,6 +24,13 @@ var (
 	// ErrStreamReset: the stream was reset, by the peer or for lack of an
 	// answer to its close.
 	ErrStreamReset = errors.New("mux: stream reset")
+	// ErrStreamRefused: the peer reset a stream this end opened before it
+	// accepted it (it took no new streams, or had too many): nothing sent
+	// on it was read. It is an ErrStreamReset.
+	ErrStreamRefused = fmt.Errorf("%w: refused before the peer accepted it", ErrStreamReset)
+	// ErrLocalGoAway: Accept after this end's GoAway, once the streams
+	// opened before it were accepted.
+	ErrLocalGoAway = errors.New("mux: this end takes no new streams")
 	// ErrRemoteGoAway: the peer takes no new streams.
 	ErrRemoteGoAway = errors.New("mux: the peer takes no new streams")
 	// ErrProtocol: the peer broke the protocol; the session ends.
@@ -136,6 +143,9 @@ type Session struct {
 	pongTimer    *time.Timer
 
 	accept chan *Stream // opened by the peer, not yet accepted
+	// goneAway is closed, under mu, when this end takes no new streams:
+	// the peer's streams opened before are already in accept.
+	goneAway chan struct{}
 
 	closeOnce  sync.Once
 	done       chan struct{} // closed when the session closes
@@ -163,6 +173,7 @@ func newSession(conn io.ReadWriteCloser, cfg Config, client bool) *Session {
 		streams:    map[uint32]*Stream{},
 		nextID:     2,
 		accept:     make(chan *Stream, cfg.AcceptBacklog),
+		goneAway:   make(chan struct{}),
 		done:       make(chan struct{}),
 		readerDone: make(chan struct{}),
 	}
@@ -235,7 +246,10 @@ func (s *Session) closeWith(err error) {
 // go on.
 func (s *Session) GoAway() error {
 	s.mu.Lock()
-	s.localGoAway = true
+	if !s.localGoAway {
+		s.localGoAway = true
+		close(s.goneAway)
+	}
 	s.mu.Unlock()
 	h := makeHeader(typeGoAway, 0, 0, goAwayNormal)
 	return s.writeFrame(h, nil)
@@ -266,17 +280,26 @@ func (s *Session) Open() (*Stream, error) {
 	return st, nil
 }
 
-// Accept waits for a stream opened by the peer and accepts it.
+// Accept waits for a stream opened by the peer and accepts it. After
+// GoAway it returns the streams the peer opened before, then
+// ErrLocalGoAway.
 func (s *Session) Accept() (*Stream, error) {
+	var st *Stream
 	select {
-	case st := <-s.accept:
-		if err := st.sendFlags(flagACK); err != nil {
-			return nil, err
-		}
-		return st, nil
+	case st = <-s.accept:
 	case <-s.done:
 		return nil, s.err
+	case <-s.goneAway:
+		select {
+		case st = <-s.accept:
+		default:
+			return nil, ErrLocalGoAway
+		}
 	}
+	if err := st.sendFlags(flagACK); err != nil {
+		return nil, err
+	}
+	return st, nil
 }
 
 // forget drops st from the session's streams.
@@ -527,6 +550,9 @@ func (s *Session) handle(h header, r *bufio.Reader) error {
 		if err := st.receive(r, h.length()); err != nil {
 			return err
 		}
+	}
+	if h.has(flagACK) {
+		st.accepted()
 	}
 	if h.has(flagRST) {
 		st.remoteReset()

@@ -32,6 +32,7 @@ type Stream struct {
 	localClosed  bool   // Close was called
 	remoteClosed bool   // the peer sent FIN
 	reset        bool   // RST, sent or received
+	acked        bool   // the peer accepted the stream (opened by this end)
 	closeTimer   *time.Timer
 
 	readable chan struct{} // signalled when data, FIN, RST or a close arrives
@@ -90,7 +91,7 @@ func (st *Stream) Read(p []byte) (int, error) {
 		case st.localClosed:
 			err = ErrStreamClosed
 		case st.reset:
-			err = ErrStreamReset
+			err = st.resetError()
 		case st.buffered > 0:
 			n := st.copyOut(p)
 			grant := st.grantDue(st.session.cfg.Window / 4 * 3)
@@ -180,7 +181,7 @@ func (st *Stream) Write(p []byte) (int, error) {
 		case st.localClosed:
 			err = ErrStreamClosed
 		case st.reset:
-			err = ErrStreamReset
+			err = st.resetError()
 		case st.session.IsClosed():
 			err = ErrNotSent
 		}
@@ -414,6 +415,22 @@ func (st *Stream) remoteClose() {
 	if done {
 		st.session.forget(st)
 	}
+}
+
+// accepted takes the peer's ACK.
+func (st *Stream) accepted() {
+	st.mu.Lock()
+	st.acked = true
+	st.mu.Unlock()
+}
+
+// resetError is the error of a reset stream, with st.mu held: a stream
+// this end opened and the peer reset before accepting it was refused.
+func (st *Stream) resetError() error {
+	if !st.inbound && !st.acked {
+		return ErrStreamRefused
+	}
+	return ErrStreamReset
 }
 
 // remoteReset takes the peer's RST.
