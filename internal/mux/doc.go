@@ -19,6 +19,10 @@
 //     send (pongs, refusals) wait in a small queue that the next writer,
 //     or a goroutine started for them when no one writes, sends.
 //   - Pings run on timers, not in a goroutine of their own.
+//   - The window a stream owes its peer goes in the same write as the
+//     stream's next data frame (a tunnel's next request) once half the
+//     window is owed, and in a frame of its own only at three quarters:
+//     a request and answer stream costs no window update of its own.
 //
 // # Concurrency
 //
