@@ -31,7 +31,7 @@ const (
 )
 
 // runTunnel opens a tunnel on conn with the project's own handshake and
-// yamux settings, and answers every stream the proxy opens on it with the
+// multiplexer settings, and answers every stream the proxy opens on it with the
 // project's wire encoders, until ctx ends (the caller then closes conn) or
 // the tunnel breaks.
 func (f *fleet) runTunnel(ctx context.Context, conn net.Conn, fqdn string) error {

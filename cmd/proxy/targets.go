@@ -30,8 +30,8 @@ const targetsAnswerTimeout = 10 * time.Second
 // can take, whatever it sends. A real client announces only when its file
 // changes, which it checks every 5 s by default (--targets.file.refresh-
 // interval), so it seldom waits. The next message is not read while
-// waiting: what the client sends meanwhile stays in the stream's yamux
-// receive window, not in the proxy's memory.
+// waiting: what the client sends meanwhile is bounded by the stream's
+// receive window (util.TunnelStreamWindow), past which the client waits.
 const minAnnouncementInterval = time.Second
 
 // Bounds of the answer to an announcement, so that it always fits in one
