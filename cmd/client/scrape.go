@@ -52,17 +52,15 @@ func (c *client) takeSlot(ctx, scrapeCtx context.Context, req *http.Request, tak
 	// gave it to this client and gives it to no other.
 	select {
 	case c.slots <- struct{}{}:
-		c.scrapes.Add(1)
-		return true
 	default:
-	}
-	select {
-	case c.slots <- struct{}{}:
-	case <-ctx.Done():
-		resp, done := c.errorAnswer(scrapeCtx, req, errors.New("client is shutting down"))
-		c.sendAnswer(req, resp, taken, send)
-		done()
-		return false
+		select {
+		case c.slots <- struct{}{}:
+		case <-ctx.Done():
+			resp, done := c.errorAnswer(scrapeCtx, req, errors.New("client is shutting down"))
+			c.sendAnswer(req, resp, taken, send)
+			done()
+			return false
+		}
 	}
 	c.scrapes.Add(1)
 	return true
