@@ -177,30 +177,43 @@ func (t *tunnel) carryOn(ctx context.Context, s *rendezvous.Scrape, ts *tunnelSt
 // stream returns an idle stream when idle ones may be used and there is
 // one, or a new one, and whether it was idle.
 func (t *tunnel) stream(idle bool) (*tunnelStream, bool, error) {
-	t.mu.Lock()
-	for n := len(t.idle); idle && n > 0; n = len(t.idle) {
-		ts := t.idle[n-1]
-		t.idle[n-1] = nil
-		t.idle = t.idle[:n-1]
-		// Taken from t.idle under t.mu, it is no longer the expiry's.
-		ts.expiry.Stop()
-		t.mu.Unlock()
-		t.budget.give(ts.cost)
-		ts.cost = 0
+	for idle {
+		ts := t.popIdle()
+		if ts == nil {
+			break
+		}
 		if ts.stream.Buffered() == 0 {
 			return ts, true, nil
 		}
 		// The client sent on a stream that carried no request: not an
 		// answer to anything, and memory the budget did not count.
 		ts.stream.Close()
-		t.mu.Lock()
 	}
-	t.mu.Unlock()
 	stream, err := t.session.Open()
 	if err != nil {
 		return nil, false, err
 	}
 	return &tunnelStream{stream: stream, answers: util.NewAnswerReader(stream)}, false, nil
+}
+
+// popIdle takes the most recently used idle stream, giving its memory back
+// to the budget, or returns nil when none is idle.
+func (t *tunnel) popIdle() *tunnelStream {
+	t.mu.Lock()
+	n := len(t.idle)
+	if n == 0 {
+		t.mu.Unlock()
+		return nil
+	}
+	ts := t.idle[n-1]
+	t.idle[n-1] = nil
+	t.idle = t.idle[:n-1]
+	// Taken from t.idle under t.mu, it is no longer the expiry's.
+	ts.expiry.Stop()
+	t.mu.Unlock()
+	t.budget.give(ts.cost)
+	ts.cost = 0
+	return ts
 }
 
 // release keeps ts for another scrape, or closes it when enough are kept,
