@@ -122,11 +122,11 @@ func newSecurity(cfg config, logger log.Logger, reg prometheus.Registerer) (*sec
 	return s, nil
 }
 
-// serve serves srv on ln, over TLS when the web config says so. Switching
+// configure sets srv up for TLS when the web config says so. Switching
 // TLS on or off takes a restart; everything else is re-read as it changes.
-func (s *security) serve(srv *http.Server, ln net.Listener) error {
+func (s *security) configure(srv *http.Server) {
 	if !s.tls {
-		return srv.Serve(ln)
+		return
 	}
 	// Prometheus names a scrape's target in an absolute-form request
 	// target, which only HTTP/1.1 carries: the proxy never offers HTTP/2.
@@ -134,6 +134,13 @@ func (s *security) serve(srv *http.Server, ln net.Listener) error {
 	srv.TLSConfig = &tls.Config{
 		NextProtos:         []string{"http/1.1"},
 		GetConfigForClient: s.file.tlsConfig,
+	}
+}
+
+// serve serves srv, set up by configure, on ln.
+func (s *security) serve(srv *http.Server, ln net.Listener) error {
+	if !s.tls {
+		return srv.Serve(ln)
 	}
 	return srv.ServeTLS(ln, "", "")
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +27,16 @@ const (
 
 // handlePoll parks a client's poll until a scrape for its FQDN arrives.
 func (p *proxy) handlePoll(w http.ResponseWriter, r *http.Request) {
+	started := time.Now()
+	rec := &statusRecorder{ResponseWriter: w}
+	if p.pollRequest(rec, r, started) {
+		p.metrics.observeHTTP("/poll", rec.status, started)
+	}
+}
+
+// pollRequest serves a poll and reports whether it answered it; false
+// means the poll left net/http (detach) and answers itself.
+func (p *proxy) pollRequest(w http.ResponseWriter, r *http.Request, started time.Time) (answered bool) {
 	rc := http.NewResponseController(w)
 	// A client that sends its FQDN byte by byte cannot hold a handler; the
 	// deadline is lifted once the body is in, as a parked poll reads nothing.
@@ -35,22 +46,32 @@ func (p *proxy) handlePoll(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPollBody))
 	if err != nil {
 		httpError(w, readErrorStatus(err), "reading poll body: %v", err)
-		return
+		return true
 	}
 	_ = rc.SetReadDeadline(time.Time{})
 	client, err := p.clientOf(r, string(body))
 	if err != nil {
 		httpError(w, clientErrorStatus(err), "%v", err)
-		return
+		return true
 	}
 	if !p.admit(w, r, client) {
-		return
+		return true
 	}
 	wait := rendezvous.WaitForever
 	if preferred, bounded := util.ParsePreferWait(r.Header); bounded {
 		wait = min(preferred, maxPollWait)
 	}
+	if p.detach(w, r, client, wait, started) {
+		return false
+	}
 	work, err := p.hub.Poll(r.Context(), client, wait)
+	p.answerPoll(r.Context(), w, client, wait, work, err)
+	return true
+}
+
+// answerPoll answers a poll with what the hub's Poll returned. ctx ends
+// when the client's connection does.
+func (p *proxy) answerPoll(ctx context.Context, w http.ResponseWriter, client rendezvous.Client, wait time.Duration, work *rendezvous.Work, err error) {
 	switch {
 	case errors.Is(err, rendezvous.ErrNoWork):
 		p.metrics.pollsEmpty.Inc()
@@ -61,6 +82,7 @@ func (p *proxy) handlePoll(w http.ResponseWriter, r *http.Request) {
 		abandonPoll(w)
 		return
 	case errors.Is(err, rendezvous.ErrShuttingDown):
+		w.Header().Set("Connection", "close")
 		httpError(w, http.StatusRequestTimeout, "poll given up: %v", err)
 		return
 	case err != nil:
@@ -69,7 +91,7 @@ func (p *proxy) handlePoll(w http.ResponseWriter, r *http.Request) {
 		httpError(w, code, "poll refused: %v", err)
 		return
 	}
-	if err := deliver(w, r, work); err != nil {
+	if err := deliver(ctx, w, work); err != nil {
 		level.Debug(p.logger).Log("msg", "poll gone before its scrape was delivered, scrape requeued", "fqdn", client.FQDN, "scrape_id", work.ID, "err", err)
 		work.Undelivered()
 		return
@@ -123,8 +145,8 @@ func abandonPoll(w http.ResponseWriter) {
 }
 
 // deliver answers a poll with a scrape request.
-func deliver(w http.ResponseWriter, r *http.Request, work *rendezvous.Work) error {
-	if err := r.Context().Err(); err != nil {
+func deliver(ctx context.Context, w http.ResponseWriter, work *rendezvous.Work) error {
+	if err := ctx.Err(); err != nil {
 		abandonPoll(w)
 		return err
 	}

@@ -209,10 +209,18 @@ func serve(ctx context.Context, cfg config, logger log.Logger, reg prometheus.Re
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          stdlog.New(log.NewStdlibAdapter(level.Debug(logger)), "", 0),
 	}
+	sec.configure(srv)
+	// Connections of answered detached polls come back to srv, TLS and
+	// all, through a listener of their own.
+	resumed := make(chan error, 1)
+	resumedPolls := p.detached.listener()
+	go func() { resumed <- srv.Serve(resumedPolls) }()
+	defer func() { <-resumed }()
 	served := make(chan error, 1)
 	go func() { served <- sec.serve(srv, ln) }()
 	select {
 	case err := <-served:
+		srv.Close()
 		return err
 	case <-ctx.Done():
 	}

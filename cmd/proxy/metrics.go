@@ -2,6 +2,8 @@ package main
 
 import (
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -92,6 +94,41 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		pushesRejected: rejected,
 	}
 }
+
+// observeHTTP counts and times a request of one endpoint that ended with
+// code, for handlers that outlive their net/http request (detached polls).
+func (m *metrics) observeHTTP(path string, code int, started time.Time) {
+	if code == 0 {
+		code = http.StatusOK
+	}
+	m.httpRequests.WithLabelValues(strconv.Itoa(code), path).Inc()
+	m.httpDuration.WithLabelValues(path).Observe(time.Since(started).Seconds())
+}
+
+// statusRecorder records the status a handler answers.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+// WriteHeader records code and sends it.
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+// Write sends b, with the 200 it implies if no status was sent.
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // instrument counts and times the requests of one endpoint.
 func (m *metrics) instrument(path string, h http.HandlerFunc) http.Handler {

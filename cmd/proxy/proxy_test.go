@@ -51,10 +51,16 @@ func startProxy(t *testing.T, cfg config) *testProxy {
 	reg := prometheus.NewRegistry()
 	p := newProxy(cfg, log.NewNopLogger(), reg, reg)
 	srv := httptest.NewServer(p)
+	resumed := make(chan error, 1)
+	resumedPolls := p.detached.listener()
+	go func() { resumed <- srv.Config.Serve(resumedPolls) }()
 	t.Cleanup(func() {
 		// Parked polls end first, so that closing the server does not wait
-		// for them.
+		// for them, and no answered poll's connection comes back to it
+		// while it closes.
 		p.hub.Shutdown()
+		p.detached.close()
+		<-resumed
 		srv.Close()
 		p.close()
 	})

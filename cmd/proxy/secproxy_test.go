@@ -94,11 +94,15 @@ func startSecProxy(t *testing.T, bindFQDNToCert bool, webConfig string, options 
 	}
 	p := newProxy(cfg, log.NewNopLogger(), reg, reg)
 	srv := &http.Server{Handler: sec.handler(p)}
-	served := make(chan error, 1)
+	sec.configure(srv)
+	served := make(chan error, 2)
 	go func() { served <- sec.serve(srv, ln) }()
+	resumedPolls := p.detached.listener()
+	go func() { served <- srv.Serve(resumedPolls) }()
 	t.Cleanup(func() {
 		p.hub.Shutdown()
 		srv.Close()
+		<-served
 		<-served
 		p.close()
 	})

@@ -36,6 +36,8 @@ type proxy struct {
 	// limiter bounds new registrations per source while the proxy has no
 	// authentication; nil when --registration.rate-per-source is 0.
 	limiter *sourceLimiter
+	// detached are the polls parked outside net/http.
+	detached *detachedPolls
 	// buffers recycles relay copy buffers, so that many scrapes at once
 	// do not each allocate one.
 	buffers sync.Pool
@@ -56,10 +58,11 @@ func newProxy(cfg config, logger log.Logger, reg prometheus.Registerer, gatherer
 		tunnels:       tunnels{open: map[*mux.Session]struct{}{}},
 		idleStreams:   &streamBudget{left: cmp.Or(cfg.idleStreamMemory, defaultIdleStreamMemory)},
 		tunnelBuffers: mux.NewBuffers(),
+		detached:      newDetachedPolls(),
 		connects:      newConnectMetrics(reg),
 		limiter:       newSourceLimiter(cfg.registrationRate, cfg.registrationBurst, cfg.clock),
 	}
-	p.mux.Handle("POST /poll", p.metrics.instrument("/poll", p.handlePoll))
+	p.mux.HandleFunc("POST /poll", p.handlePoll)
 	p.mux.Handle("POST /push", p.metrics.instrument("/push", p.handlePush))
 	p.mux.HandleFunc("GET /tunnel", p.handleTunnel)
 	p.mux.Handle("GET /clients", p.metrics.instrument("/clients", p.handleClients))
@@ -96,6 +99,7 @@ func (p *proxy) shutdown(ctx context.Context) error {
 // once the HTTP server has stopped, so that scrapes relayed from tunnels
 // have been answered.
 func (p *proxy) close() {
+	p.detached.close()
 	p.tunnels.closeAll()
 	p.hub.Close()
 }

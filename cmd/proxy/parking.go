@@ -1,0 +1,378 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/rancher/pushprox/internal/rendezvous"
+)
+
+// A parked poll costs net/http two goroutines, about 11 KiB of buffers and
+// the whole request for as long as it waits, which is most of the time
+// for most clients. So a poll that is about to park leaves net/http: the
+// proxy takes its connection over, keeps only the client's registration,
+// a goroutine that waits for work and one that notices a closed
+// connection, answers the poll itself, and hands the connection back to
+// the HTTP server for the client's next request.
+
+const (
+	// detachedAnswerTimeout bounds writing an answer other than a scrape
+	// to a detached poll, whose client should be reading; a scrape's own
+	// deadline bounds writing a scrape.
+	detachedAnswerTimeout = 10 * time.Second
+	// resumedQueue is how many answered connections may wait for the HTTP
+	// server to take them back; a full queue makes answering wait, which
+	// only happens when the server is too busy to accept anything.
+	resumedQueue = 64
+)
+
+// aLongTimeAgo is a deadline that has passed: setting it stops a read.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// detachedPolls are the polls parked outside net/http, and the way back
+// into it for their connections.
+type detachedPolls struct {
+	// resumed hands connections whose poll was answered to the HTTP
+	// server, which serves it as a listener.
+	resumed *connQueue
+	// serving is set once an HTTP server takes connections from resumed;
+	// polls stay in net/http until then.
+	serving   chan struct{}
+	startOnce sync.Once
+
+	mu sync.Mutex // guards conns and closed
+	// conns are the connections of detached polls not yet answered.
+	conns  map[net.Conn]struct{}
+	closed bool
+	// running counts the goroutines of detached polls.
+	running sync.WaitGroup
+}
+
+func newDetachedPolls() *detachedPolls {
+	return &detachedPolls{
+		resumed: newConnQueue(),
+		serving: make(chan struct{}),
+		conns:   map[net.Conn]struct{}{},
+	}
+}
+
+// listener lets polls detach from now on, and returns the listener
+// through which an HTTP server takes their connections back once they
+// are answered. Serve it on the server the polls came from, set up alike.
+func (d *detachedPolls) listener() net.Listener {
+	d.startOnce.Do(func() { close(d.serving) })
+	return d.resumed
+}
+
+// enabled says whether an HTTP server takes answered connections back.
+func (d *detachedPolls) enabled() bool {
+	select {
+	case <-d.serving:
+		return true
+	default:
+		return false
+	}
+}
+
+// add records conn as a detached poll's; false if d is closed.
+func (d *detachedPolls) add(conn net.Conn) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return false
+	}
+	d.conns[conn] = struct{}{}
+	d.running.Add(1)
+	return true
+}
+
+// done ends conn's detached poll: the HTTP server takes conn back when
+// keep says so and it still can; otherwise conn is closed.
+func (d *detachedPolls) done(conn net.Conn, keep bool) {
+	defer d.running.Done()
+	d.mu.Lock()
+	delete(d.conns, conn)
+	d.mu.Unlock()
+	if !keep || !d.resumed.put(conn) {
+		conn.Close()
+	}
+}
+
+// close stops taking connections back, closes those of polls still
+// detached, and waits until their goroutines end.
+func (d *detachedPolls) close() {
+	d.resumed.Close()
+	d.mu.Lock()
+	d.closed = true
+	for conn := range d.conns {
+		conn.Close()
+	}
+	d.mu.Unlock()
+	d.running.Wait()
+}
+
+// connQueue is a net.Listener whose connections are put in by the proxy.
+type connQueue struct {
+	conns     chan net.Conn
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+func newConnQueue() *connQueue {
+	return &connQueue{conns: make(chan net.Conn, resumedQueue), closed: make(chan struct{})}
+}
+
+// put queues conn for Accept; false if the queue is closed.
+func (q *connQueue) put(conn net.Conn) bool {
+	select {
+	case <-q.closed:
+		return false
+	default:
+	}
+	select {
+	case q.conns <- conn:
+		return true
+	case <-q.closed:
+		return false
+	}
+}
+
+// Accept returns the next queued connection.
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case conn := <-q.conns:
+		return conn, nil
+	case <-q.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops the queue and closes the connections left in it.
+func (q *connQueue) Close() error {
+	q.closeOnce.Do(func() {
+		close(q.closed)
+		for {
+			select {
+			case conn := <-q.conns:
+				conn.Close()
+			default:
+				return
+			}
+		}
+	})
+	return nil
+}
+
+// Addr names the queue; it has no address of its own.
+func (q *connQueue) Addr() net.Addr { return queueAddr{} }
+
+type queueAddr struct{}
+
+func (queueAddr) Network() string { return "pushprox" }
+func (queueAddr) String() string  { return "answered polls" }
+
+// detachedPoll is what a parked poll keeps once it left net/http.
+type detachedPoll struct {
+	conn   net.Conn
+	client rendezvous.Client
+	wait   time.Duration
+	// header holds the headers set before the poll detached, such as
+	// the web config's.
+	header http.Header
+	// keepAlive says whether the client may send another request on
+	// conn after the answer.
+	keepAlive bool
+	started   time.Time
+}
+
+// detach takes r's connection out of net/http for the rest of the poll,
+// and reports whether it did. After true, w and r are no longer used.
+func (p *proxy) detach(w http.ResponseWriter, r *http.Request, client rendezvous.Client, wait time.Duration, started time.Time) bool {
+	if !p.detached.enabled() || r.ProtoMajor != 1 {
+		return false
+	}
+	conn, buffered, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return false
+	}
+	d := &detachedPoll{
+		conn:      conn,
+		client:    client,
+		wait:      wait,
+		header:    w.Header().Clone(),
+		keepAlive: r.ProtoAtLeast(1, 1) && !r.Close,
+		started:   started,
+	}
+	if !p.detached.add(conn) {
+		conn.Close()
+		return true
+	}
+	// Bytes after the poll's body are a request sent before the poll was
+	// answered, which HTTP/1.1 has no order for here.
+	pipelined := buffered.Reader.Buffered() > 0
+	_ = conn.SetDeadline(time.Time{})
+	go p.waitDetached(d, pipelined)
+	return true
+}
+
+// waitDetached parks d's poll and answers it.
+func (p *proxy) waitDetached(d *detachedPoll, pipelined bool) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := &connResponse{conn: d.conn, header: d.header}
+	if pipelined {
+		w.Header().Set("Connection", "close")
+		httpError(w, http.StatusBadRequest, "bad poll: another request was sent before the poll's answer")
+		p.finishDetached(d, w)
+		return
+	}
+	stopWatching := watchConn(d.conn, cancel)
+	work, err := p.hub.Poll(ctx, d.client, d.wait)
+	gone := stopWatching()
+	if gone && work != nil {
+		// The client went away as its scrape came: another carrier takes it.
+		work.Undelivered()
+		work, err = nil, rendezvous.ErrPollGone
+	}
+	_ = d.conn.SetWriteDeadline(time.Now().Add(detachedAnswerTimeout))
+	p.answerPoll(ctx, w, d.client, d.wait, work, err)
+	if gone {
+		w.Header().Set("Connection", "close")
+	}
+	p.finishDetached(d, w)
+}
+
+// finishDetached sends w if the poll's answer did not, counts the poll,
+// and ends it.
+func (p *proxy) finishDetached(d *detachedPoll, w *connResponse) {
+	err := w.send()
+	p.metrics.observeHTTP("/poll", w.status, d.started)
+	keep := err == nil && d.keepAlive && w.Header().Get("Connection") != "close"
+	if keep {
+		_ = d.conn.SetDeadline(time.Time{})
+	}
+	p.detached.done(d.conn, keep)
+}
+
+// watchConn reads conn until it closes, sends anything, or the returned
+// stop is called, and cancels the poll's context in the first two cases.
+// stop waits for the read to end and reports whether the client went
+// away; conn can then be read again.
+func watchConn(conn net.Conn, cancel context.CancelFunc) (stop func() (gone bool)) {
+	result := make(chan bool, 1)
+	go func() {
+		var b [1]byte
+		_, err := conn.Read(b[:])
+		// Only stop sets a read deadline while the poll is parked.
+		stopped := errors.Is(err, os.ErrDeadlineExceeded)
+		if !stopped {
+			cancel()
+		}
+		result <- !stopped
+	}()
+	return func() bool {
+		_ = conn.SetReadDeadline(aLongTimeAgo)
+		gone := <-result
+		_ = conn.SetReadDeadline(time.Time{})
+		return gone
+	}
+}
+
+// connResponse is an http.ResponseWriter for a detached poll: it keeps
+// the status, headers and body, and sends them as one HTTP/1.1 response
+// in one write on Flush or send.
+type connResponse struct {
+	conn   net.Conn
+	header http.Header
+	status int
+	body   []byte
+	sent   bool
+	err    error
+}
+
+// Header returns the headers to send.
+func (c *connResponse) Header() http.Header {
+	if c.header == nil {
+		c.header = http.Header{}
+	}
+	return c.header
+}
+
+// WriteHeader sets the status, once.
+func (c *connResponse) WriteHeader(code int) {
+	if c.status == 0 {
+		c.status = code
+	}
+}
+
+// Write adds b to the body.
+func (c *connResponse) Write(b []byte) (int, error) {
+	if c.sent {
+		return 0, http.ErrBodyNotAllowed
+	}
+	c.WriteHeader(http.StatusOK)
+	c.body = append(c.body, b...)
+	return len(b), nil
+}
+
+// SetWriteDeadline bounds sending, for http.ResponseController.
+func (c *connResponse) SetWriteDeadline(t time.Time) error {
+	return c.conn.SetWriteDeadline(t)
+}
+
+// FlushError sends the response, for http.ResponseController.
+func (c *connResponse) FlushError() error { return c.send() }
+
+// send writes the response once and returns how that went.
+func (c *connResponse) send() error {
+	if c.sent {
+		return c.err
+	}
+	c.sent = true
+	c.WriteHeader(http.StatusOK)
+	h := c.Header()
+	if bodyAllowed(c.status) && h.Get("Content-Length") == "" {
+		h.Set("Content-Length", strconv.Itoa(len(c.body)))
+	}
+	if !bodyAllowed(c.status) {
+		c.body = c.body[:0]
+	}
+	h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	buf := make([]byte, 0, 256+len(c.body))
+	buf = append(buf, "HTTP/1.1 "...)
+	buf = strconv.AppendInt(buf, int64(c.status), 10)
+	buf = append(buf, ' ')
+	buf = append(buf, http.StatusText(c.status)...)
+	buf = append(buf, "\r\n"...)
+	var head headerBuffer
+	head.b = buf
+	_ = h.Write(&head)
+	buf = append(head.b, "\r\n"...)
+	buf = append(buf, c.body...)
+	_, c.err = c.conn.Write(buf)
+	return c.err
+}
+
+// bodyAllowed says whether a response with status code has a body.
+func bodyAllowed(code int) bool {
+	return code >= 200 && code != http.StatusNoContent && code != http.StatusNotModified
+}
+
+// headerBuffer collects what http.Header.Write writes.
+type headerBuffer struct{ b []byte }
+
+func (h *headerBuffer) Write(p []byte) (int, error) {
+	h.b = append(h.b, p...)
+	return len(p), nil
+}
+
+func (h *headerBuffer) WriteString(s string) (int, error) {
+	h.b = append(h.b, s...)
+	return len(s), nil
+}
