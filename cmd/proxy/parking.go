@@ -251,6 +251,9 @@ func (p *proxy) waitDetached(d *detachedPoll, pipelined bool) {
 // finishDetached sends w if the poll's answer did not, counts the poll,
 // and ends it.
 func (p *proxy) finishDetached(d *detachedPoll, w *connResponse) {
+	if !d.keepAlive {
+		w.Header().Set("Connection", "close")
+	}
 	err := w.send()
 	p.metrics.observeHTTP("/poll", w.status, d.started)
 	keep := err == nil && d.keepAlive && w.Header().Get("Connection") != "close"

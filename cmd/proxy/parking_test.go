@@ -1,0 +1,252 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-kit/log"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/rancher/pushprox/util"
+)
+
+// expectClosed fails unless the proxy closed conn after what was read:
+// with a reset when the client's bytes were left unread.
+func expectClosed(t *testing.T, r *bufio.Reader) {
+	t.Helper()
+	if b, err := r.ReadByte(); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("connection still open after the answer: read %q, %v", b, err)
+	}
+}
+
+// readAnswer reads one answer from r, with its body.
+func readAnswer(t *testing.T, conn net.Conn, r *bufio.Reader) (*http.Response, string) {
+	t.Helper()
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatalf("reading answer: %v", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading answer body: %v", err)
+	}
+	return resp, string(body)
+}
+
+func TestAParkedPollsConnectionCarriesItsScrapeThePushAndTheNextPoll(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	conn := rawPoll(t, tp.srv.Listener.Addr().String(), "host-a")
+	r := bufio.NewReader(conn)
+	tp.waitParked(t, 1)
+	if got := tp.detachedCount(); got != 1 {
+		t.Fatalf("%d detached polls, want the parked one", got)
+	}
+
+	scraped := goScrape(context.Background(), tp.srv.URL, "http://host-a:9100/metrics", "10")
+	resp, body := readAnswer(t, conn, r)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/http" ||
+		resp.ContentLength != int64(len(body)) || resp.Header.Get("Date") == "" {
+		t.Fatalf("poll answered %s %v, want 200 application/http with its length and a date", resp.Status, resp.Header)
+	}
+	scrape, err := util.DecodeScrapeRequest(bufio.NewReader(strings.NewReader(body)))
+	if err != nil {
+		t.Fatalf("poll answer is not a scrape: %v", err)
+	}
+	id := scrape.Header.Get(util.HeaderID)
+
+	// The push goes on the poll's own connection, as the reference
+	// client's keep-alive transport sends it.
+	push, err := io.ReadAll(serializedAnswer(id, http.StatusOK, "up 1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "POST /push HTTP/1.1\r\nHost: proxy\r\nContent-Length: %d\r\n\r\n%s", len(push), push)
+	if resp, body := readAnswer(t, conn, r); resp.StatusCode != http.StatusOK {
+		t.Fatalf("push on the poll's connection answered %s: %s", resp.Status, body)
+	}
+	got := await(t, "the scrape", scraped)
+	if got.err != nil || got.status != http.StatusOK || got.body != "up 1\n" {
+		t.Fatalf("scrape got %d %q, %v; want 200 with the pushed body", got.status, got.body, got.err)
+	}
+
+	fmt.Fprintf(conn, "POST /poll HTTP/1.1\r\nHost: proxy\r\nContent-Length: 6\r\n\r\nhost-a")
+	tp.waitParked(t, 1)
+	if got := tp.detachedCount(); got != 1 {
+		t.Fatalf("%d detached polls after the next poll, want 1", got)
+	}
+}
+
+func TestADetachedPollIsAnsweredOnceAndItsConnectionKeptOnlyIfTheClientWantsIt(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		request string
+		kept    bool
+	}{
+		{name: "HTTP/1.1", request: "POST /poll HTTP/1.1\r\nHost: proxy\r\nPrefer: wait=0\r\nContent-Length: 6\r\n\r\nhost-a", kept: true},
+		{name: "Connection: close", request: "POST /poll HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\nPrefer: wait=0\r\nContent-Length: 6\r\n\r\nhost-a"},
+		{name: "HTTP/1.0, as nginx sends by default", request: "POST /poll HTTP/1.0\r\nHost: proxy\r\nPrefer: wait=0\r\nContent-Length: 6\r\n\r\nhost-a"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tp := startProxy(t, defaultConfig())
+			conn, err := net.Dial("tcp", tp.srv.Listener.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			r := bufio.NewReader(conn)
+			fmt.Fprint(conn, tc.request)
+			resp, body := readAnswer(t, conn, r)
+			if resp.StatusCode != http.StatusNoContent || resp.Header.Get(util.HeaderPreferenceApplied) != "wait=0" || body != "" {
+				t.Fatalf("poll answered %s %v %q, want an empty 204 applying wait=0", resp.Status, resp.Header, body)
+			}
+			if got := testutil.ToFloat64(tp.metrics.httpRequests.WithLabelValues("204", "/poll")); got != 1 {
+				t.Errorf("/poll 204 counted %v times, want 1", got)
+			}
+			if !tc.kept {
+				if !resp.Close {
+					t.Errorf("answer lacks Connection: close: %v", resp.Header)
+				}
+				expectClosed(t, r)
+				return
+			}
+			fmt.Fprint(conn, "GET /-/healthy HTTP/1.1\r\nHost: proxy\r\n\r\n")
+			if resp, body := readAnswer(t, conn, r); resp.StatusCode != http.StatusOK {
+				t.Fatalf("next request on the connection answered %s %q", resp.Status, body)
+			}
+		})
+	}
+}
+
+func TestBytesSentBeforeAPollsAnswerEndThePollAndItsConnection(t *testing.T) {
+	const poll = "POST /poll HTTP/1.1\r\nHost: proxy\r\nContent-Length: 6\r\n\r\nhost-a"
+	const next = "GET /-/healthy HTTP/1.1\r\nHost: proxy\r\n\r\n"
+	for _, tc := range []struct {
+		name   string
+		parked bool // the second request comes once the poll is parked
+		code   int
+	}{
+		{name: "in the poll's own write", code: http.StatusBadRequest},
+		{name: "while the poll is parked", parked: true, code: http.StatusServiceUnavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tp := startProxy(t, defaultConfig())
+			conn, err := net.Dial("tcp", tp.srv.Listener.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			r := bufio.NewReader(conn)
+			if tc.parked {
+				fmt.Fprint(conn, poll)
+				tp.waitParked(t, 1)
+				fmt.Fprint(conn, next)
+			} else {
+				fmt.Fprint(conn, poll+next)
+			}
+			resp, _ := readAnswer(t, conn, r)
+			if resp.StatusCode != tc.code || !resp.Close {
+				t.Fatalf("poll answered %s %v, want %d with Connection: close", resp.Status, resp.Header, tc.code)
+			}
+			expectClosed(t, r)
+			tp.waitParked(t, 0)
+			waitFor(t, "the detached poll to end", func() bool { return tp.detachedCount() == 0 })
+			tp.expectStillServing(t, "a poll broke HTTP/1.1's order")
+		})
+	}
+}
+
+func TestShutdownAnswersDetachedPollsAndClosesTheirConnections(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	conn := rawPoll(t, tp.srv.Listener.Addr().String(), "host-a")
+	r := bufio.NewReader(conn)
+	tp.waitParked(t, 1)
+	tp.hub.Shutdown()
+	resp, body := readAnswer(t, conn, r)
+	if resp.StatusCode != http.StatusRequestTimeout || !resp.Close || !strings.Contains(body, "shutting down") {
+		t.Fatalf("parked poll answered %s %v %q at shutdown, want 408 with Connection: close", resp.Status, resp.Header, body)
+	}
+	expectClosed(t, r)
+}
+
+func TestPollsParkInNetHTTPWhenNoServerTakesTheirConnectionsBack(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	p := newProxy(defaultConfig(), log.NewNopLogger(), reg, reg)
+	srv := httptest.NewServer(p)
+	t.Cleanup(func() {
+		p.hub.Shutdown()
+		srv.Close()
+		p.close()
+	})
+	tp := &testProxy{proxy: p, srv: srv, reg: reg}
+	client := &fakeClient{tp: tp, fqdn: "host-a", answer: func(*http.Request) *http.Response {
+		return textResponse(http.StatusOK, "up 1\n")
+	}}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		client.serve(t, 1)
+	}()
+	tp.waitParked(t, 1)
+	if got := tp.detachedCount(); got != 0 {
+		t.Fatalf("%d polls detached without a server to take them back", got)
+	}
+	got := await(t, "the scrape", goScrape(context.Background(), srv.URL, "http://host-a:9100/metrics", "10"))
+	if got.err != nil || got.status != http.StatusOK || got.body != "up 1\n" {
+		t.Fatalf("scrape got %d %q, %v; want 200 with the pushed body", got.status, got.body, got.err)
+	}
+	<-done
+}
+
+func TestAClientCertificateStillAuthorizesPollsOnAConnectionThatCameBack(t *testing.T) {
+	sp := startSecProxy(t, true, secWebConfig(t, nil))
+	cert := sp.ca.Client(t, "host-a", "host-a.example.com").TLSCertificate(t)
+	transport := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: sp.ca.Pool(), Certificates: []tls.Certificate{cert}}}
+	defer transport.CloseIdleConnections()
+	client := &http.Client{Transport: transport}
+	for i, wantReused := range []bool{false, true, true} {
+		reused := false
+		trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { reused = info.Reused }}
+		req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace),
+			http.MethodPost, "https://"+sp.addr+"/poll", strings.NewReader("host-a.example.com"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Prefer", "wait=0")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("poll %d: %v", i, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNoContent {
+			t.Fatalf("poll %d answered %s %q, want 204", i, resp.Status, body)
+		}
+		if reused != wantReused {
+			t.Fatalf("poll %d: connection reused %v, want %v", i, reused, wantReused)
+		}
+	}
+	if got := testutil.ToFloat64(sp.metrics.httpRequests.WithLabelValues("204", "/poll")); got != 3 {
+		t.Errorf("/poll 204 counted %v times, want 3", got)
+	}
+}
+
+// detachedCount is the number of polls parked outside net/http.
+func (p *proxy) detachedCount() int {
+	p.detached.mu.Lock()
+	defer p.detached.mu.Unlock()
+	return len(p.detached.conns)
+}
