@@ -32,6 +32,9 @@ const (
 	resumedQueue = 64
 )
 
+// errAnswerSent is writing to a detached poll's answer after it was sent.
+var errAnswerSent = errors.New("poll answer already sent")
+
 // aLongTimeAgo is a deadline that has passed: setting it stops a read.
 var aLongTimeAgo = time.Unix(1, 0)
 
@@ -197,6 +200,7 @@ func (p *proxy) detach(w http.ResponseWriter, r *http.Request, client rendezvous
 	if !p.detached.enabled() || r.ProtoMajor != 1 {
 		return false
 	}
+	header := w.Header().Clone()
 	conn, buffered, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		return false
@@ -205,7 +209,7 @@ func (p *proxy) detach(w http.ResponseWriter, r *http.Request, client rendezvous
 		conn:      conn,
 		client:    client,
 		wait:      wait,
-		header:    w.Header().Clone(),
+		header:    header,
 		keepAlive: r.ProtoAtLeast(1, 1) && !r.Close,
 		started:   started,
 	}
@@ -317,7 +321,7 @@ func (c *connResponse) WriteHeader(code int) {
 // Write adds b to the body.
 func (c *connResponse) Write(b []byte) (int, error) {
 	if c.sent {
-		return 0, http.ErrBodyNotAllowed
+		return 0, errAnswerSent
 	}
 	c.WriteHeader(http.StatusOK)
 	c.body = append(c.body, b...)
