@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"net"
@@ -44,13 +45,16 @@ type detachedPolls struct {
 	// resumed hands connections whose poll was answered to the HTTP
 	// server, which serves it as a listener.
 	resumed *connQueue
-	// serving is set once an HTTP server takes connections from resumed;
-	// polls stay in net/http until then.
+	// serving is closed once an HTTP server takes connections from
+	// resumed; polls stay in net/http until then.
 	serving   chan struct{}
 	startOnce sync.Once
+	// idleTimeout bounds the wait for a client's next request; set before
+	// serving is closed.
+	idleTimeout time.Duration
 
 	mu sync.Mutex // guards conns and closed
-	// conns are the connections of detached polls not yet answered.
+	// conns are the connections of detached polls not yet handed back.
 	conns  map[net.Conn]struct{}
 	closed bool
 	// running counts the goroutines of detached polls.
@@ -66,10 +70,15 @@ func newDetachedPolls() *detachedPolls {
 }
 
 // listener lets polls detach from now on, and returns the listener
-// through which an HTTP server takes their connections back once they
-// are answered. Serve it on the server the polls came from, set up alike.
-func (d *detachedPolls) listener() net.Listener {
-	d.startOnce.Do(func() { close(d.serving) })
+// through which srv takes their connections back once they are answered.
+// Serve it on srv, the server the polls come from; srv's IdleTimeout (or
+// ReadTimeout) bounds how long an answered connection may wait for the
+// client's next request, as for any connection kept alive.
+func (d *detachedPolls) listener(srv *http.Server) net.Listener {
+	d.startOnce.Do(func() {
+		d.idleTimeout = cmp.Or(srv.IdleTimeout, srv.ReadTimeout)
+		close(d.serving)
+	})
 	return d.resumed
 }
 
@@ -95,10 +104,16 @@ func (d *detachedPolls) add(conn net.Conn) bool {
 	return true
 }
 
-// done ends conn's detached poll: the HTTP server takes conn back when
-// keep says so and it still can; otherwise conn is closed.
+// done ends conn's detached poll: when keep says so, the HTTP server
+// takes conn back as the client's next request comes, if it still can;
+// otherwise conn is closed.
 func (d *detachedPolls) done(conn net.Conn, keep bool) {
 	defer d.running.Done()
+	// net/http gives a new connection only its ReadHeaderTimeout to send a
+	// request, and one kept alive its IdleTimeout: the wait between two
+	// requests happens here, so that the answered connection is the
+	// latter.
+	keep = keep && awaitRequest(conn, d.idleTimeout)
 	d.mu.Lock()
 	delete(d.conns, conn)
 	d.mu.Unlock()

@@ -131,6 +131,54 @@ func TestADetachedPollIsAnsweredOnceAndItsConnectionKeptOnlyIfTheClientWantsIt(t
 	}
 }
 
+func TestAnAnsweredPollsConnectionWaitsForTheNextRequestAsAKeptAliveOne(t *testing.T) {
+	const readHeaderTimeout = 50 * time.Millisecond
+	for _, tc := range []struct {
+		name string
+		idle time.Duration
+	}{
+		// Longer than the time to send a request's header, which a new
+		// connection gets.
+		{name: "past the header timeout", idle: 200 * time.Millisecond},
+		{name: "past the idle timeout", idle: time.Hour},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			idleTimeout := 10 * time.Second
+			if tc.idle > idleTimeout {
+				idleTimeout = 100 * time.Millisecond
+			}
+			tp := startProxyServer(t, defaultConfig(), func(srv *http.Server) {
+				srv.ReadHeaderTimeout = readHeaderTimeout
+				srv.IdleTimeout = idleTimeout
+			})
+			conn, err := net.Dial("tcp", tp.srv.Listener.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			r := bufio.NewReader(conn)
+			fmt.Fprint(conn, "POST /poll HTTP/1.1\r\nHost: proxy\r\nPrefer: wait=0\r\nContent-Length: 6\r\n\r\nhost-a")
+			if resp, body := readAnswer(t, conn, r); resp.StatusCode != http.StatusNoContent {
+				t.Fatalf("poll answered %s %q, want 204", resp.Status, body)
+			}
+			if tc.idle > idleTimeout {
+				// The proxy closes the connection once it idled too long;
+				// nothing to wait for but that.
+				_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+				expectClosed(t, r)
+				return
+			}
+			// A client that takes a while to send its next request, as
+			// one scraping a slow target before it pushes.
+			time.Sleep(tc.idle)
+			fmt.Fprint(conn, "GET /-/healthy HTTP/1.1\r\nHost: proxy\r\n\r\n")
+			if resp, body := readAnswer(t, conn, r); resp.StatusCode != http.StatusOK {
+				t.Fatalf("request after %v idle answered %s %q", tc.idle, resp.Status, body)
+			}
+		})
+	}
+}
+
 func TestBytesSentBeforeAPollsAnswerEndThePollAndItsConnection(t *testing.T) {
 	const poll = "POST /poll HTTP/1.1\r\nHost: proxy\r\nContent-Length: 6\r\n\r\nhost-a"
 	const next = "GET /-/healthy HTTP/1.1\r\nHost: proxy\r\n\r\n"

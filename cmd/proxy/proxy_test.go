@@ -48,11 +48,20 @@ func defaultConfig() config {
 
 func startProxy(t *testing.T, cfg config) *testProxy {
 	t.Helper()
+	return startProxyServer(t, cfg, func(*http.Server) {})
+}
+
+// startProxyServer is startProxy with the HTTP server set up by setup
+// before it starts.
+func startProxyServer(t *testing.T, cfg config, setup func(*http.Server)) *testProxy {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	p := newProxy(cfg, log.NewNopLogger(), reg, reg)
-	srv := httptest.NewServer(p)
+	srv := httptest.NewUnstartedServer(p)
+	setup(srv.Config)
+	srv.Start()
 	resumed := make(chan error, 1)
-	resumedPolls := p.detached.listener()
+	resumedPolls := p.detached.listener(srv.Config)
 	go func() { resumed <- srv.Config.Serve(resumedPolls) }()
 	t.Cleanup(func() {
 		// Parked polls end first, so that closing the server does not wait
