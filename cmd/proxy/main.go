@@ -213,7 +213,7 @@ func serve(ctx context.Context, cfg config, logger log.Logger, reg prometheus.Re
 	// Connections of answered detached polls come back to srv, TLS and
 	// all, through a listener of their own.
 	resumed := make(chan error, 1)
-	resumedPolls := p.detached.listener(srv)
+	resumedPolls := p.detached.enable(srv)
 	go func() { resumed <- srv.Serve(resumedPolls) }()
 	defer func() { <-resumed }()
 	served := make(chan error, 1)

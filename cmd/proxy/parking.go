@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"cmp"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -14,13 +16,14 @@ import (
 	"github.com/rancher/pushprox/internal/rendezvous"
 )
 
-// A parked poll costs net/http two goroutines, about 11 KiB of buffers and
-// the whole request for as long as it waits, which is most of the time
-// for most clients. So a poll that is about to park leaves net/http: the
-// proxy takes its connection over, keeps only the client's registration,
-// a goroutine that waits for work and one that notices a closed
-// connection, answers the poll itself, and hands the connection back to
-// the HTTP server for the client's next request.
+// A poll parked in net/http holds, for as long as it waits (most of the
+// time, for most clients), net/http's connection goroutine with its deep
+// stack, about 11 KiB of buffers and the whole request. So a poll that is
+// about to park leaves net/http: the proxy takes its connection over and
+// keeps only the client's registration and two goroutines with shallow
+// stacks, one waiting for work and one noticing a closed connection; it
+// answers the poll itself, and hands the connection back to the HTTP
+// server as the client's next request comes.
 
 const (
 	// detachedAnswerTimeout bounds writing an answer other than a scrape
@@ -31,6 +34,11 @@ const (
 	// server to take them back; a full queue makes answering wait, which
 	// only happens when the server is too busy to accept anything.
 	resumedQueue = 64
+	// lingerTimeout and maxLinger bound reading what a client sent out of
+	// order before its connection closes: a close with unread bytes sends
+	// a reset, which can destroy the answer on its way.
+	lingerTimeout = 500 * time.Millisecond
+	maxLinger     = 64 << 10
 )
 
 // errAnswerSent is writing to a detached poll's answer after it was sent.
@@ -69,12 +77,12 @@ func newDetachedPolls() *detachedPolls {
 	}
 }
 
-// listener lets polls detach from now on, and returns the listener
+// enable lets polls detach from now on, and returns the listener
 // through which srv takes their connections back once they are answered.
 // Serve it on srv, the server the polls come from; srv's IdleTimeout (or
 // ReadTimeout) bounds how long an answered connection may wait for the
 // client's next request, as for any connection kept alive.
-func (d *detachedPolls) listener(srv *http.Server) net.Listener {
+func (d *detachedPolls) enable(srv *http.Server) net.Listener {
 	d.startOnce.Do(func() {
 		d.idleTimeout = cmp.Or(srv.IdleTimeout, srv.ReadTimeout)
 		close(d.serving)
@@ -106,8 +114,9 @@ func (d *detachedPolls) add(conn net.Conn) bool {
 
 // done ends conn's detached poll: when keep says so, the HTTP server
 // takes conn back as the client's next request comes, if it still can;
-// otherwise conn is closed.
-func (d *detachedPolls) done(conn net.Conn, keep bool) {
+// otherwise conn is closed, after what the client sent is read when
+// linger says it sent something.
+func (d *detachedPolls) done(conn net.Conn, keep, linger bool) {
 	defer d.running.Done()
 	// net/http gives a new connection only its ReadHeaderTimeout to send a
 	// request, and one kept alive its IdleTimeout: the wait between two
@@ -117,9 +126,24 @@ func (d *detachedPolls) done(conn net.Conn, keep bool) {
 	d.mu.Lock()
 	delete(d.conns, conn)
 	d.mu.Unlock()
-	if !keep || !d.resumed.put(conn) {
-		conn.Close()
+	if keep && d.resumed.put(conn) {
+		return
 	}
+	if linger {
+		closeAfterReading(conn)
+		return
+	}
+	conn.Close()
+}
+
+// closeAfterReading closes conn once the client has had the time to read
+// what it was sent, discarding what it sends meanwhile, within bounds.
+func closeAfterReading(conn net.Conn) {
+	if half, ok := conn.(interface{ CloseWrite() error }); ok && half.CloseWrite() == nil {
+		_ = conn.SetReadDeadline(time.Now().Add(lingerTimeout))
+		_, _ = io.Copy(io.Discard, io.LimitReader(conn, maxLinger))
+	}
+	conn.Close()
 }
 
 // close stops taking connections back, closes those of polls still
@@ -155,9 +179,27 @@ func (q *connQueue) put(conn net.Conn) bool {
 	}
 	select {
 	case q.conns <- conn:
+		select {
+		case <-q.closed:
+			// Close may have drained the queue before conn was in it.
+			q.drain()
+		default:
+		}
 		return true
 	case <-q.closed:
 		return false
+	}
+}
+
+// drain closes the connections in the queue.
+func (q *connQueue) drain() {
+	for {
+		select {
+		case conn := <-q.conns:
+			conn.Close()
+		default:
+			return
+		}
 	}
 }
 
@@ -175,14 +217,7 @@ func (q *connQueue) Accept() (net.Conn, error) {
 func (q *connQueue) Close() error {
 	q.closeOnce.Do(func() {
 		close(q.closed)
-		for {
-			select {
-			case conn := <-q.conns:
-				conn.Close()
-			default:
-				return
-			}
-		}
+		q.drain()
 	})
 	return nil
 }
@@ -212,7 +247,8 @@ type detachedPoll struct {
 // detach takes r's connection out of net/http for the rest of the poll,
 // and reports whether it did. After true, w and r are no longer used.
 func (p *proxy) detach(w http.ResponseWriter, r *http.Request, client rendezvous.Client, wait time.Duration, started time.Time) bool {
-	if !p.detached.enabled() || r.ProtoMajor != 1 {
+	// A poll that asks not to wait is answered at once: nothing to gain.
+	if !p.detached.enabled() || r.ProtoMajor != 1 || wait == 0 {
 		return false
 	}
 	header := w.Header().Clone()
@@ -229,15 +265,35 @@ func (p *proxy) detach(w http.ResponseWriter, r *http.Request, client rendezvous
 		started:   started,
 	}
 	if !p.detached.add(conn) {
+		// The proxy is closing.
+		w := &connResponse{conn: conn, header: header}
+		abandonPoll(w)
+		_ = w.send()
+		p.metrics.observeHTTP("/poll", w.status, started)
 		conn.Close()
 		return true
 	}
-	// Bytes after the poll's body are a request sent before the poll was
-	// answered, which HTTP/1.1 has no order for here.
-	pipelined := buffered.Reader.Buffered() > 0
+	// Bytes after the poll's body, but for the line ends that HTTP/1.1
+	// lets a client send after a body, are a request sent before the
+	// poll was answered, which HTTP/1.1 has no order for here.
+	pipelined := skipLineEnds(buffered.Reader)
+	// Hijack leaves the server's deadlines, if it has any, in place.
 	_ = conn.SetDeadline(time.Time{})
 	go p.waitDetached(d, pipelined)
 	return true
+}
+
+// skipLineEnds discards the CR and LF bytes buffered at the front of r,
+// and reports whether anything else is buffered.
+func skipLineEnds(r *bufio.Reader) bool {
+	for r.Buffered() > 0 {
+		b, _ := r.Peek(1)
+		if b[0] != '\r' && b[0] != '\n' {
+			return true
+		}
+		_, _ = r.Discard(1)
+	}
+	return false
 }
 
 // waitDetached parks d's poll and answers it.
@@ -245,64 +301,84 @@ func (p *proxy) waitDetached(d *detachedPoll, pipelined bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	w := &connResponse{conn: d.conn, header: d.header}
+	if !d.keepAlive {
+		w.Header().Set("Connection", "close")
+	}
 	if pipelined {
 		w.Header().Set("Connection", "close")
 		httpError(w, http.StatusBadRequest, "bad poll: another request was sent before the poll's answer")
-		p.finishDetached(d, w)
+		p.finishDetached(d, w, true)
 		return
 	}
 	stopWatching := watchConn(d.conn, cancel)
 	work, err := p.hub.Poll(ctx, d.client, d.wait)
-	gone := stopWatching()
-	if gone && work != nil {
+	ended := stopWatching()
+	if ended != watchStopped && work != nil {
 		// The client went away as its scrape came: another carrier takes it.
 		work.Undelivered()
 		work, err = nil, rendezvous.ErrPollGone
 	}
-	_ = d.conn.SetWriteDeadline(time.Now().Add(detachedAnswerTimeout))
-	p.answerPoll(ctx, w, d.client, d.wait, work, err)
-	if gone {
+	if ended != watchStopped {
 		w.Header().Set("Connection", "close")
 	}
-	p.finishDetached(d, w)
+	_ = d.conn.SetWriteDeadline(time.Now().Add(detachedAnswerTimeout))
+	p.answerPoll(ctx, w, d.client, d.wait, work, err)
+	p.finishDetached(d, w, ended == watchSentBytes)
 }
 
 // finishDetached sends w if the poll's answer did not, counts the poll,
-// and ends it.
-func (p *proxy) finishDetached(d *detachedPoll, w *connResponse) {
-	if !d.keepAlive {
-		w.Header().Set("Connection", "close")
-	}
+// and ends it; linger says the client sent bytes that were not read.
+func (p *proxy) finishDetached(d *detachedPoll, w *connResponse, linger bool) {
 	err := w.send()
 	p.metrics.observeHTTP("/poll", w.status, d.started)
-	keep := err == nil && d.keepAlive && w.Header().Get("Connection") != "close"
+	keep := err == nil && w.Header().Get("Connection") != "close"
 	if keep {
 		_ = d.conn.SetDeadline(time.Time{})
 	}
-	p.detached.done(d.conn, keep)
+	p.detached.done(d.conn, keep, linger && err == nil)
 }
 
-// watchConn reads conn until it closes, sends anything, or the returned
-// stop is called, and cancels the poll's context in the first two cases.
-// stop waits for the read to end and reports whether the client went
-// away; conn can then be read again.
-func watchConn(conn net.Conn, cancel context.CancelFunc) (stop func() (gone bool)) {
-	result := make(chan bool, 1)
+// How a watch of a parked poll's connection ended.
+type watchEnd int
+
+const (
+	watchStopped   watchEnd = iota // stop was called
+	watchClosed                    // the connection closed or failed
+	watchSentBytes                 // the client sent something
+)
+
+// watchConn reads conn until it closes, the client sends anything but the
+// line ends HTTP/1.1 allows between requests, or the returned stop is
+// called, and cancels the poll's context in the first two cases. stop
+// waits for the read to end and says how it did; conn can then be read
+// again.
+func watchConn(conn net.Conn, cancel context.CancelFunc) (stop func() watchEnd) {
+	result := make(chan watchEnd, 1)
 	go func() {
 		var b [1]byte
-		_, err := conn.Read(b[:])
-		// Only stop sets a read deadline while the poll is parked.
-		stopped := errors.Is(err, os.ErrDeadlineExceeded)
-		if !stopped {
-			cancel()
+		for {
+			_, err := conn.Read(b[:])
+			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				// Only stop sets a read deadline while the poll is parked.
+				result <- watchStopped
+				return
+			case err != nil:
+				cancel()
+				result <- watchClosed
+				return
+			case b[0] != '\r' && b[0] != '\n':
+				cancel()
+				result <- watchSentBytes
+				return
+			}
 		}
-		result <- !stopped
 	}()
-	return func() bool {
+	return func() watchEnd {
 		_ = conn.SetReadDeadline(aLongTimeAgo)
-		gone := <-result
+		ended := <-result
 		_ = conn.SetReadDeadline(time.Time{})
-		return gone
+		return ended
 	}
 }
 

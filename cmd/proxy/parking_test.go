@@ -96,9 +96,10 @@ func TestADetachedPollIsAnsweredOnceAndItsConnectionKeptOnlyIfTheClientWantsIt(t
 		request string
 		kept    bool
 	}{
-		{name: "HTTP/1.1", request: "POST /poll HTTP/1.1\r\nHost: proxy\r\nPrefer: wait=0\r\nContent-Length: 6\r\n\r\nhost-a", kept: true},
-		{name: "Connection: close", request: "POST /poll HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\nPrefer: wait=0\r\nContent-Length: 6\r\n\r\nhost-a"},
-		{name: "HTTP/1.0, as nginx sends by default", request: "POST /poll HTTP/1.0\r\nHost: proxy\r\nPrefer: wait=0\r\nContent-Length: 6\r\n\r\nhost-a"},
+		{name: "HTTP/1.1", request: "POST /poll HTTP/1.1\r\nHost: proxy\r\nContent-Length: 6\r\n\r\nhost-a", kept: true},
+		{name: "HTTP/1.1 with line ends after the body", request: "POST /poll HTTP/1.1\r\nHost: proxy\r\nContent-Length: 6\r\n\r\nhost-a\r\n", kept: true},
+		{name: "Connection: close", request: "POST /poll HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\nContent-Length: 6\r\n\r\nhost-a"},
+		{name: "HTTP/1.0, as nginx sends by default", request: "POST /poll HTTP/1.0\r\nHost: proxy\r\nContent-Length: 6\r\n\r\nhost-a"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tp := startProxy(t, defaultConfig())
@@ -109,17 +110,29 @@ func TestADetachedPollIsAnsweredOnceAndItsConnectionKeptOnlyIfTheClientWantsIt(t
 			defer conn.Close()
 			r := bufio.NewReader(conn)
 			fmt.Fprint(conn, tc.request)
-			resp, body := readAnswer(t, conn, r)
-			if resp.StatusCode != http.StatusNoContent || resp.Header.Get(util.HeaderPreferenceApplied) != "wait=0" || body != "" {
-				t.Fatalf("poll answered %s %v %q, want an empty 204 applying wait=0", resp.Status, resp.Header, body)
+			tp.waitParked(t, 1)
+			if got := tp.detachedCount(); got != 1 {
+				t.Fatalf("%d detached polls, want the parked one", got)
 			}
-			if got := testutil.ToFloat64(tp.metrics.httpRequests.WithLabelValues("204", "/poll")); got != 1 {
-				t.Errorf("/poll 204 counted %v times, want 1", got)
+			scraped := goScrape(context.Background(), tp.srv.URL, "http://host-a:9100/metrics", "10")
+			resp, body := readAnswer(t, conn, r)
+			if resp.StatusCode != http.StatusOK || resp.Close == tc.kept {
+				t.Fatalf("poll answered %s %v, want 200 with Connection: close %v", resp.Status, resp.Header, !tc.kept)
+			}
+			scrape, err := util.DecodeScrapeRequest(bufio.NewReader(strings.NewReader(body)))
+			if err != nil {
+				t.Fatalf("poll answer is not a scrape: %v", err)
+			}
+			if code, text := tp.push(t, serializedAnswer(scrape.Header.Get(util.HeaderID), http.StatusOK, "up 1\n")); code != http.StatusOK {
+				t.Fatalf("push answered %d %q", code, text)
+			}
+			if got := await(t, "the scrape", scraped); got.status != http.StatusOK {
+				t.Fatalf("scrape got %d %q, %v", got.status, got.body, got.err)
+			}
+			if got := testutil.ToFloat64(tp.metrics.httpRequests.WithLabelValues("200", "/poll")); got != 1 {
+				t.Errorf("/poll 200 counted %v times, want 1", got)
 			}
 			if !tc.kept {
-				if !resp.Close {
-					t.Errorf("answer lacks Connection: close: %v", resp.Header)
-				}
 				expectClosed(t, r)
 				return
 			}
@@ -128,6 +141,28 @@ func TestADetachedPollIsAnsweredOnceAndItsConnectionKeptOnlyIfTheClientWantsIt(t
 				t.Fatalf("next request on the connection answered %s %q", resp.Status, body)
 			}
 		})
+	}
+}
+
+func TestAnEmptyPollAnswerIsCountedWithItsStatus(t *testing.T) {
+	tp := startProxy(t, defaultConfig())
+	conn, err := net.Dial("tcp", tp.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	// A poll that waits one second: the shortest wait that detaches.
+	fmt.Fprint(conn, "POST /poll HTTP/1.1\r\nHost: proxy\r\nPrefer: wait=1\r\nContent-Length: 6\r\n\r\nhost-a")
+	resp, body := readAnswer(t, conn, r)
+	if resp.StatusCode != http.StatusNoContent || resp.Header.Get(util.HeaderPreferenceApplied) != "wait=1" || body != "" || resp.Close {
+		t.Fatalf("poll answered %s %v %q, want an empty 204 applying wait=1, kept alive", resp.Status, resp.Header, body)
+	}
+	if got := testutil.ToFloat64(tp.metrics.httpRequests.WithLabelValues("204", "/poll")); got != 1 {
+		t.Errorf("/poll 204 counted %v times, want 1", got)
+	}
+	if got := testutil.ToFloat64(tp.metrics.pollsEmpty); got != 1 {
+		t.Errorf("pushprox_proxy_polls_empty_total is %v, want 1", got)
 	}
 }
 
@@ -157,7 +192,7 @@ func TestAnAnsweredPollsConnectionWaitsForTheNextRequestAsAKeptAliveOne(t *testi
 			}
 			defer conn.Close()
 			r := bufio.NewReader(conn)
-			fmt.Fprint(conn, "POST /poll HTTP/1.1\r\nHost: proxy\r\nPrefer: wait=0\r\nContent-Length: 6\r\n\r\nhost-a")
+			fmt.Fprint(conn, "POST /poll HTTP/1.1\r\nHost: proxy\r\nPrefer: wait=1\r\nContent-Length: 6\r\n\r\nhost-a")
 			if resp, body := readAnswer(t, conn, r); resp.StatusCode != http.StatusNoContent {
 				t.Fatalf("poll answered %s %q, want 204", resp.Status, body)
 			}
@@ -265,7 +300,7 @@ func TestAClientCertificateStillAuthorizesPollsOnAConnectionThatCameBack(t *test
 	transport := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: sp.ca.Pool(), Certificates: []tls.Certificate{cert}}}
 	defer transport.CloseIdleConnections()
 	client := &http.Client{Transport: transport}
-	for i, wantReused := range []bool{false, true, true} {
+	for i, wantReused := range []bool{false, true} {
 		reused := false
 		trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { reused = info.Reused }}
 		req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace),
@@ -273,7 +308,8 @@ func TestAClientCertificateStillAuthorizesPollsOnAConnectionThatCameBack(t *test
 		if err != nil {
 			t.Fatal(err)
 		}
-		req.Header.Set("Prefer", "wait=0")
+		// One second: the shortest wait that detaches.
+		req.Header.Set("Prefer", "wait=1")
 		resp, err := client.Do(req)
 		if err != nil {
 			t.Fatalf("poll %d: %v", i, err)
@@ -287,8 +323,28 @@ func TestAClientCertificateStillAuthorizesPollsOnAConnectionThatCameBack(t *test
 			t.Fatalf("poll %d: connection reused %v, want %v", i, reused, wantReused)
 		}
 	}
-	if got := testutil.ToFloat64(sp.metrics.httpRequests.WithLabelValues("204", "/poll")); got != 3 {
-		t.Errorf("/poll 204 counted %v times, want 3", got)
+	if got := testutil.ToFloat64(sp.metrics.httpRequests.WithLabelValues("204", "/poll")); got != 2 {
+		t.Errorf("/poll 204 counted %v times, want 2", got)
+	}
+}
+
+func TestAConnectionQueuedAsTheQueueClosesIsClosedNotLost(t *testing.T) {
+	for i := range 10000 {
+		q := newConnQueue()
+		ours, theirs := net.Pipe()
+		closed := make(chan struct{})
+		go func() {
+			defer close(closed)
+			q.Close()
+		}()
+		if !q.put(ours) {
+			ours.Close()
+		}
+		<-closed
+		_ = theirs.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := theirs.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+			t.Fatalf("round %d: connection put as the queue closed is still open: %v", i, err)
+		}
 	}
 }
 

@@ -61,7 +61,7 @@ func startProxyServer(t *testing.T, cfg config, setup func(*http.Server)) *testP
 	setup(srv.Config)
 	srv.Start()
 	resumed := make(chan error, 1)
-	resumedPolls := p.detached.listener(srv.Config)
+	resumedPolls := p.detached.enable(srv.Config)
 	go func() { resumed <- srv.Config.Serve(resumedPolls) }()
 	t.Cleanup(func() {
 		// Parked polls end first, so that closing the server does not wait

@@ -97,7 +97,7 @@ func startSecProxy(t *testing.T, bindFQDNToCert bool, webConfig string, options 
 	sec.configure(srv)
 	served := make(chan error, 2)
 	go func() { served <- sec.serve(srv, ln) }()
-	resumedPolls := p.detached.listener(srv)
+	resumedPolls := p.detached.enable(srv)
 	go func() { served <- srv.Serve(resumedPolls) }()
 	t.Cleanup(func() {
 		p.hub.Shutdown()
