@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strconv"
 	"sync"
 	"time"
 
@@ -40,9 +39,6 @@ const (
 	lingerTimeout = 500 * time.Millisecond
 	maxLinger     = 64 << 10
 )
-
-// errAnswerSent is writing to a detached poll's answer after it was sent.
-var errAnswerSent = errors.New("poll answer already sent")
 
 // aLongTimeAgo is a deadline that has passed: setting it stops a read.
 var aLongTimeAgo = time.Unix(1, 0)
@@ -158,77 +154,6 @@ func (d *detachedPolls) close() {
 	d.mu.Unlock()
 	d.running.Wait()
 }
-
-// connQueue is a net.Listener whose connections are put in by the proxy.
-type connQueue struct {
-	conns     chan net.Conn
-	closed    chan struct{}
-	closeOnce sync.Once
-}
-
-func newConnQueue() *connQueue {
-	return &connQueue{conns: make(chan net.Conn, resumedQueue), closed: make(chan struct{})}
-}
-
-// put queues conn for Accept; false if the queue is closed.
-func (q *connQueue) put(conn net.Conn) bool {
-	select {
-	case <-q.closed:
-		return false
-	default:
-	}
-	select {
-	case q.conns <- conn:
-		select {
-		case <-q.closed:
-			// Close may have drained the queue before conn was in it.
-			q.drain()
-		default:
-		}
-		return true
-	case <-q.closed:
-		return false
-	}
-}
-
-// drain closes the connections in the queue.
-func (q *connQueue) drain() {
-	for {
-		select {
-		case conn := <-q.conns:
-			conn.Close()
-		default:
-			return
-		}
-	}
-}
-
-// Accept returns the next queued connection.
-func (q *connQueue) Accept() (net.Conn, error) {
-	select {
-	case conn := <-q.conns:
-		return conn, nil
-	case <-q.closed:
-		return nil, net.ErrClosed
-	}
-}
-
-// Close stops the queue and closes the connections left in it.
-func (q *connQueue) Close() error {
-	q.closeOnce.Do(func() {
-		close(q.closed)
-		q.drain()
-	})
-	return nil
-}
-
-// Addr names the queue; it has no address of its own.
-func (q *connQueue) Addr() net.Addr { return queueAddr{} }
-
-type queueAddr struct{}
-
-func (queueAddr) Network() string { return "pushprox" }
-func (queueAddr) String() string  { return "answered polls" }
 
 // detachedPoll is what a parked poll keeps once it left net/http.
 type detachedPoll struct {
@@ -380,97 +305,4 @@ func watchConn(conn net.Conn, cancel context.CancelFunc) (stop func() watchEnd) 
 		_ = conn.SetReadDeadline(time.Time{})
 		return ended
 	}
-}
-
-// connResponse is an http.ResponseWriter for a detached poll: it keeps
-// the status, headers and body, and sends them as one HTTP/1.1 response
-// in one write on Flush or send.
-type connResponse struct {
-	conn   net.Conn
-	header http.Header
-	status int
-	body   []byte
-	sent   bool
-	err    error
-}
-
-// Header returns the headers to send.
-func (c *connResponse) Header() http.Header {
-	if c.header == nil {
-		c.header = http.Header{}
-	}
-	return c.header
-}
-
-// WriteHeader sets the status, once.
-func (c *connResponse) WriteHeader(code int) {
-	if c.status == 0 {
-		c.status = code
-	}
-}
-
-// Write adds b to the body.
-func (c *connResponse) Write(b []byte) (int, error) {
-	if c.sent {
-		return 0, errAnswerSent
-	}
-	c.WriteHeader(http.StatusOK)
-	c.body = append(c.body, b...)
-	return len(b), nil
-}
-
-// SetWriteDeadline bounds sending, for http.ResponseController.
-func (c *connResponse) SetWriteDeadline(t time.Time) error {
-	return c.conn.SetWriteDeadline(t)
-}
-
-// FlushError sends the response, for http.ResponseController.
-func (c *connResponse) FlushError() error { return c.send() }
-
-// send writes the response once and returns how that went.
-func (c *connResponse) send() error {
-	if c.sent {
-		return c.err
-	}
-	c.sent = true
-	c.WriteHeader(http.StatusOK)
-	h := c.Header()
-	if bodyAllowed(c.status) && h.Get("Content-Length") == "" {
-		h.Set("Content-Length", strconv.Itoa(len(c.body)))
-	}
-	if !bodyAllowed(c.status) {
-		c.body = c.body[:0]
-	}
-	h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
-	buf := make([]byte, 0, 256+len(c.body))
-	buf = append(buf, "HTTP/1.1 "...)
-	buf = strconv.AppendInt(buf, int64(c.status), 10)
-	buf = append(buf, ' ')
-	buf = append(buf, http.StatusText(c.status)...)
-	buf = append(buf, "\r\n"...)
-	var head headerBuffer
-	head.b = buf
-	_ = h.Write(&head)
-	buf = append(head.b, "\r\n"...)
-	buf = append(buf, c.body...)
-	_, c.err = c.conn.Write(buf)
-	return c.err
-}
-
-// bodyAllowed says whether a response with status code has a body.
-func bodyAllowed(code int) bool {
-	return code >= 200 && code != http.StatusNoContent && code != http.StatusNotModified
-}
-
-// headerBuffer collects what http.Header.Write writes.
-type headerBuffer struct{ b []byte }
-
-func (h *headerBuffer) Write(p []byte) (int, error) {
-	h.b = append(h.b, p...)
-	return len(p), nil
-}
-
-func (h *headerBuffer) WriteString(s string) (int, error) {
-	h.b = append(h.b, s...)
-	return len(s), nil
 }
