@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rancher/pushprox/internal/rendezvous"
@@ -49,12 +50,11 @@ type detachedPolls struct {
 	// resumed hands connections whose poll was answered to the HTTP
 	// server, which serves it as a listener.
 	resumed *connQueue
-	// serving is closed once an HTTP server takes connections from
-	// resumed; polls stay in net/http until then.
-	serving   chan struct{}
-	startOnce sync.Once
-	// idleTimeout bounds the wait for a client's next request; set before
-	// serving is closed.
+	// serving is set once an HTTP server takes connections from resumed;
+	// polls stay in net/http until then.
+	serving atomic.Bool
+	// idleTimeout bounds the wait for a client's next request; written
+	// once, before serving is set.
 	idleTimeout time.Duration
 
 	mu sync.Mutex // guards conns and closed
@@ -68,7 +68,6 @@ type detachedPolls struct {
 func newDetachedPolls() *detachedPolls {
 	return &detachedPolls{
 		resumed: newConnQueue(),
-		serving: make(chan struct{}),
 		conns:   map[net.Conn]struct{}{},
 	}
 }
@@ -77,23 +76,11 @@ func newDetachedPolls() *detachedPolls {
 // through which srv takes their connections back once they are answered.
 // Serve it on srv, the server the polls come from; srv's IdleTimeout (or
 // ReadTimeout) bounds how long an answered connection may wait for the
-// client's next request, as for any connection kept alive.
+// client's next request, as for any connection kept alive. Call it once.
 func (d *detachedPolls) enable(srv *http.Server) net.Listener {
-	d.startOnce.Do(func() {
-		d.idleTimeout = cmp.Or(srv.IdleTimeout, srv.ReadTimeout)
-		close(d.serving)
-	})
+	d.idleTimeout = cmp.Or(srv.IdleTimeout, srv.ReadTimeout)
+	d.serving.Store(true)
 	return d.resumed
-}
-
-// enabled says whether an HTTP server takes answered connections back.
-func (d *detachedPolls) enabled() bool {
-	select {
-	case <-d.serving:
-		return true
-	default:
-		return false
-	}
 }
 
 // add records conn as a detached poll's; false if d is closed.
@@ -173,7 +160,7 @@ type detachedPoll struct {
 // and reports whether it did. After true, w and r are no longer used.
 func (p *proxy) detach(w http.ResponseWriter, r *http.Request, client rendezvous.Client, wait time.Duration, started time.Time) bool {
 	// A poll that asks not to wait is answered at once: nothing to gain.
-	if !p.detached.enabled() || r.ProtoMajor != 1 || wait == 0 {
+	if !p.detached.serving.Load() || r.ProtoMajor != 1 || wait == 0 {
 		return false
 	}
 	header := w.Header().Clone()

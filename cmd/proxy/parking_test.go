@@ -32,6 +32,18 @@ func expectClosed(t *testing.T, r *bufio.Reader) {
 	}
 }
 
+// dial opens a connection to the proxy, closed when the test ends, and
+// a reader of its answers.
+func (tp *testProxy) dial(t *testing.T) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn, err := net.Dial("tcp", tp.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn, bufio.NewReader(conn)
+}
+
 // readAnswer reads one answer from r, with its body.
 func readAnswer(t *testing.T, conn net.Conn, r *bufio.Reader) (*http.Response, string) {
 	t.Helper()
@@ -103,12 +115,7 @@ func TestADetachedPollIsAnsweredOnceAndItsConnectionKeptOnlyIfTheClientWantsIt(t
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tp := startProxy(t, defaultConfig())
-			conn, err := net.Dial("tcp", tp.srv.Listener.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			r := bufio.NewReader(conn)
+			conn, r := tp.dial(t)
 			fmt.Fprint(conn, tc.request)
 			tp.waitParked(t, 1)
 			if got := tp.detachedCount(); got != 1 {
@@ -148,12 +155,7 @@ func TestADetachedPollIsAnsweredOnceAndItsConnectionKeptOnlyIfTheClientWantsIt(t
 
 func TestAnEmptyPollAnswerIsCountedWithItsStatus(t *testing.T) {
 	tp := startProxy(t, defaultConfig())
-	conn, err := net.Dial("tcp", tp.srv.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	r := bufio.NewReader(conn)
+	conn, r := tp.dial(t)
 	// A poll that waits one second: the shortest wait that detaches.
 	fmt.Fprint(conn, "POST /poll HTTP/1.1\r\nHost: proxy\r\nPrefer: wait=1\r\nContent-Length: 6\r\n\r\nhost-a")
 	resp, body := readAnswer(t, conn, r)
@@ -190,12 +192,7 @@ func TestAnAnsweredPollsConnectionWaitsForTheNextRequestAsAKeptAliveOne(t *testi
 				srv.ReadHeaderTimeout = readHeaderTimeout
 				srv.IdleTimeout = idleTimeout
 			})
-			conn, err := net.Dial("tcp", tp.srv.Listener.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			r := bufio.NewReader(conn)
+			conn, r := tp.dial(t)
 			fmt.Fprint(conn, "POST /poll HTTP/1.1\r\nHost: proxy\r\nPrefer: wait=1\r\nContent-Length: 6\r\n\r\nhost-a")
 			if resp, body := readAnswer(t, conn, r); resp.StatusCode != http.StatusNoContent {
 				t.Fatalf("poll answered %s %q, want 204", resp.Status, body)
@@ -231,12 +228,7 @@ func TestBytesSentBeforeAPollsAnswerEndThePollAndItsConnection(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tp := startProxy(t, defaultConfig())
-			conn, err := net.Dial("tcp", tp.srv.Listener.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			r := bufio.NewReader(conn)
+			conn, r := tp.dial(t)
 			if tc.parked {
 				fmt.Fprint(conn, poll)
 				tp.waitParked(t, 1)
