@@ -99,7 +99,7 @@ for tool in prometheus promtool prometheus-node-exporter curl jq openssl python3
   command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
 
-mapfile -t PORTS < <(free_ports 17)
+mapfile -t PORTS < <(free_ports 19)
 NE_PORT=${PORTS[0]}
 NE_TLS_PORT=${PORTS[1]}
 PROXY_PORT=${PORTS[2]}
@@ -121,6 +121,9 @@ HANGING_PORT=${PORTS[13]}
 GW_CLIENT_PORT=${PORTS[14]}
 NE_SITE_A_PORT=${PORTS[15]}
 NE_SITE_B_PORT=${PORTS[16]}
+# nginx with an upstream keep-alive pool, as ingress-nginx runs by default.
+NGINX_POOL_PORT=${PORTS[17]}
+NGINX_POOL_CLIENT_PORT=${PORTS[18]}
 PROXY_URL="http://127.0.0.1:$PROXY_PORT"
 LOCKED_PROXY_URL="https://127.0.0.1:$LOCKED_PROXY_PORT"
 log "ports: node-exporter=$NE_PORT node-exporter-tls=$NE_TLS_PORT proxy=$PROXY_PORT client=$CLIENT_PORT prometheus=$PROM_PORT"
@@ -192,7 +195,10 @@ EOF
 # A real nginx between clients and the proxy, with a short
 # proxy_read_timeout: once with nginx' defaults (no Upgrade passed, so the
 # client polls and takes nginx' 504s for cuts), once set up for WebSockets
-# (the client's tunnel passes, kept alive by its pings).
+# (the client's tunnel passes, kept alive by its pings), and once with a
+# pool of upstream connections kept alive between requests (no Upgrade
+# passed either), as ingress-nginx runs by default: the proxy takes each
+# answered poll's connection back for the next request nginx sends on it.
 write_nginx_config() {
   local d=$TMP_DIR/nginx
   mkdir -p "$d/tmp"
@@ -213,6 +219,19 @@ http {
     listen 127.0.0.1:$NGINX_PLAIN_PORT;
     location / {
       proxy_pass http://127.0.0.1:$PROXY_PORT;
+      proxy_read_timeout ${NGINX_READ_TIMEOUT}s;
+    }
+  }
+  upstream pushprox_pool {
+    server 127.0.0.1:$PROXY_PORT;
+    keepalive 4;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_POOL_PORT;
+    location / {
+      proxy_pass http://pushprox_pool;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
       proxy_read_timeout ${NGINX_READ_TIMEOUT}s;
     }
   }
@@ -349,6 +368,12 @@ scrape_configs:
     proxy_url: $PROXY_URL/
     static_configs:
       - targets: ['nginx-ws:$NE_PORT']
+  - job_name: nginx-pool
+    scrape_interval: 5s
+    scrape_timeout: 4s
+    proxy_url: $PROXY_URL/
+    static_configs:
+      - targets: ['nginx-pool:$NE_PORT']
   - job_name: blackbox
     scrape_interval: 5s
     scrape_timeout: 4s
@@ -474,13 +499,15 @@ start_hanging_target
 start_bg blackbox prometheus-blackbox-exporter --config.file="$TMP_DIR/blackbox.yml" \
   --web.listen-address="127.0.0.1:$BLACKBOX_PORT"
 start_bg nginx nginx -p "$TMP_DIR/nginx" -c "$TMP_DIR/nginx/nginx.conf" -g 'daemon off;'
-# Both clients answer for a name of their own and scrape the node exporter
+# The clients answer for a name of their own and scrape the node exporter
 # on 127.0.0.1.
 start_bg client-nginx-plain "$CLIENT_BIN" --fqdn=nginx-plain --proxy-url="http://127.0.0.1:$NGINX_PLAIN_PORT" \
   --use-localhost --allow-port="$NE_PORT" --metrics-addr="127.0.0.1:$NGINX_PLAIN_CLIENT_PORT" --log.level=debug
 start_bg client-nginx-ws "$CLIENT_BIN" --fqdn=nginx-ws --proxy-url="http://127.0.0.1:$NGINX_WS_PORT" \
   --use-localhost --allow-port="$NE_PORT" --metrics-addr="127.0.0.1:$NGINX_WS_CLIENT_PORT" \
   --tunnel.ping-interval=1s --log.level=debug
+start_bg client-nginx-pool "$CLIENT_BIN" --fqdn=nginx-pool --proxy-url="http://127.0.0.1:$NGINX_POOL_PORT" \
+  --use-localhost --allow-port="$NE_PORT" --metrics-addr="127.0.0.1:$NGINX_POOL_CLIENT_PORT" --log.level=debug
 
 wait_for 15 http_ok "http://127.0.0.1:$NE_PORT/metrics" ||
   die "node exporter did not come up"
@@ -530,6 +557,8 @@ check 'nginx with defaults: the client polls through it' 20 nginx_client_on poll
 check 'nginx set up for WebSockets: the client keeps a tunnel through it' 20 nginx_client_on tunnel nginx-ws
 check_query 'up{job="nginx-plain"} == 1 (polls through nginx)' 30 'up{job="nginx-plain"}' "$ALL_ONE"
 check_query 'up{job="nginx-ws"} == 1 (a tunnel through nginx)' 30 'up{job="nginx-ws"}' "$ALL_ONE"
+check 'nginx with an upstream keep-alive pool: the client polls through it' 20 nginx_client_on poll nginx-pool
+check_query 'up{job="nginx-pool"} == 1 (polls through pooled nginx connections)' 30 'up{job="nginx-pool"}' "$ALL_ONE"
 check_query 'blackbox probe of a hanging target through the proxy: up == 1' 30 'up{job="blackbox"}' "$ALL_ONE"
 check_query 'blackbox probe of a hanging target through the proxy: probe_success == 0' 10 \
   'probe_success{job="blackbox"} == 0' "$NON_EMPTY"
@@ -574,7 +603,7 @@ done
 
 # Across idle gaps longer than nginx' read timeout, every scrape through it
 # succeeds: at least three in the last 14s, all up.
-for job in nginx-plain nginx-ws; do
+for job in nginx-plain nginx-ws nginx-pool; do
   check_query "up{job=\"$job\"} stays 1 across nginx' idle cuts" 20 \
     "min_over_time(up{job=\"$job\"}[14s]) == 1 and count_over_time(up{job=\"$job\"}[14s]) >= 3" \
     "$ALL_ONE"
