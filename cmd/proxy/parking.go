@@ -233,7 +233,6 @@ func (p *proxy) waitDetached(d *detachedPoll, pipelined bool) {
 	if ended != watchStopped {
 		w.Header().Set("Connection", "close")
 	}
-	_ = d.conn.SetWriteDeadline(time.Now().Add(detachedAnswerTimeout))
 	p.answerPoll(ctx, w, d.client, d.wait, work, err)
 	p.finishDetached(d, w, ended == watchSentBytes)
 }
@@ -241,6 +240,11 @@ func (p *proxy) waitDetached(d *detachedPoll, pipelined bool) {
 // finishDetached sends w if the poll's answer did not, counts the poll,
 // and ends it; linger says the client sent bytes that were not read.
 func (p *proxy) finishDetached(d *detachedPoll, w *connResponse, linger bool) {
+	if !w.sent {
+		// A scrape was sent under its own deadline; anything else is
+		// short, and its client should be reading.
+		_ = d.conn.SetWriteDeadline(time.Now().Add(detachedAnswerTimeout))
+	}
 	err := w.send()
 	p.metrics.observeHTTP("/poll", w.status, d.started)
 	keep := err == nil && w.Header().Get("Connection") != "close"
