@@ -2,9 +2,11 @@
 // starts the real pushprox-proxy and pushprox-client binaries and a target
 // (this tool again, in a process of its own), plays Prometheus, and prints
 // one markdown table comparing a direct scrape, scrapes through the proxy
-// to clients that poll, and scrapes to clients on a tunnel.
+// to clients that poll, and scrapes to clients on a tunnel; given a
+// reference PushProx's binaries, the small scenario measures them too.
 //
 //	go run ./bench --proxy=./pushprox-proxy --client=./pushprox-client
+//	go run ./bench --scenarios=small --reference.proxy=REF/proxy --reference.client=REF/client
 //
 // Scenarios (by name, or by their old number):
 //  1. small: small payloads, client processes on both transports,
@@ -27,6 +29,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,6 +41,7 @@ type options struct {
 	clientPath string
 	scenarios  string
 	target     targetOptions
+	reference  referenceOptions
 	timeout    time.Duration
 
 	smallSizes       []int
@@ -103,6 +107,8 @@ func main() {
 	flag.IntVar(&o.idlePayload, "idle.size", 2048, "idle: payload size in bytes")
 	floodFlags(&o.flood)
 	serveTargetSize := flag.Int64("serve-target", 0, "internal: run as the target process, serving this many bytes unless a scrape asks for another size")
+	flag.StringVar(&o.reference.proxyPath, "reference.proxy", "", "small: a reference pushprox proxy binary, measured as a fourth way with --reference.client")
+	flag.StringVar(&o.reference.clientPath, "reference.client", "", "small: a reference pushprox client binary; it must take the Rancher fork's --use-localhost and --allow-port")
 	flag.BoolVar(&o.target.inProcess, "target.in-process", false, "serve the target inside the tool instead of in a process of its own")
 	flag.BoolVar(&o.target.chunked, "target.chunked", false, "the target answers without a Content-Length (chunked), as most exporters do")
 	flag.Parse()
@@ -161,14 +167,14 @@ func (o options) validate() error {
 	switch {
 	case o.smallClients < 1 || o.smallConcurrency < 1 || o.idleClients < 1 || o.idleConcurrency < 1:
 		return errors.New("client and scraper counts must be at least 1")
-	case o.smallScrapes < smallRounds || o.smallSequential < smallRounds:
-		return fmt.Errorf("--small.scrapes and --small.sequential must be at least %d, one per round", smallRounds)
+	case o.smallScrapes < maxSmallRounds || o.smallSequential < maxSmallRounds:
+		return fmt.Errorf("--small.scrapes and --small.sequential must be at least %d, one per round", maxSmallRounds)
 	case o.largeScrapes < 1 || o.idleScrapes < 1:
 		return errors.New("--large.scrapes and --idle.scrapes must be at least 1")
 	case o.largeSize < 1 || o.largeSize > maxServedSize || o.idlePayload < 1:
 		return fmt.Errorf("payload sizes must be from 1 to %d bytes", maxServedSize)
 	}
-	return nil
+	return o.reference.validate()
 }
 
 func run(o options) int {
@@ -292,6 +298,9 @@ type row struct {
 	direct, poll, tunnel string
 	vs                   string // tunnel ÷ poll
 	target, met          string
+	// reference is the value of a reference PushProx, when one was
+	// measured, and vsReference the tunnel's ratio to it.
+	reference, vsReference string
 }
 
 // table is the result table.
@@ -299,9 +308,17 @@ type table struct{ rows []row }
 
 func (t *table) add(r row) { t.rows = append(t.rows, r) }
 
+// print writes the table; the reference's columns are there only when a
+// row has a reference value.
 func (t *table) print(w *os.File) {
-	fmt.Fprintln(w, "| scenario | metric | direct | poll | tunnel | tunnel ÷ poll | target | met? |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	withReference := slices.ContainsFunc(t.rows, func(r row) bool { return r.reference != "" })
+	head, rule := "| scenario | metric | direct | poll | tunnel | tunnel ÷ poll | target | met? |", "|---|---|---|---|---|---|---|---|"
+	if withReference {
+		head += " reference | tunnel ÷ reference |"
+		rule += "---|---|"
+	}
+	fmt.Fprintln(w, head)
+	fmt.Fprintln(w, rule)
 	last := ""
 	for _, r := range t.rows {
 		scenario := r.scenario
@@ -309,8 +326,12 @@ func (t *table) print(w *os.File) {
 			scenario = ""
 		}
 		last = r.scenario
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s |\n",
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s |",
 			scenario, r.metric, dash(r.direct), dash(r.poll), dash(r.tunnel), dash(r.vs), dash(r.target), r.met)
+		if withReference {
+			fmt.Fprintf(w, " %s | %s |", dash(r.reference), dash(r.vsReference))
+		}
+		fmt.Fprintln(w)
 	}
 }
 

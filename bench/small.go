@@ -16,10 +16,20 @@ type smallWay struct {
 	cpu    cpuMeter
 }
 
-// smallRounds is how many rounds each measurement of the small scenario
-// takes: two full rotations of the three ways, so that a slow moment of a
-// shared machine falls on more than one round.
-const smallRounds = 2 * wayCount
+// wayReference is the small scenario's fourth way, when a reference
+// PushProx is given: its proxy and clients, polling.
+const (
+	wayReference  = wayCount
+	smallWayCount = wayCount + 1
+)
+
+// roundsPerWay is how many rounds each measurement of the small scenario
+// takes per way measured: two full rotations of the ways, so that a slow
+// moment of a shared machine falls on more than one round.
+const roundsPerWay = 2
+
+// maxSmallRounds is the most rounds a measurement takes, with every way.
+const maxSmallRounds = roundsPerWay * smallWayCount
 
 // smallResult is what one way measured at one size.
 type smallResult struct {
@@ -62,7 +72,7 @@ func smallScenario(ctx context.Context, o options, t *table) error {
 		return err
 	}
 	// pids[way] are the clients of a transport, started as p0… and t0….
-	pids := [wayCount][]int{}
+	pids := [smallWayCount][]int{}
 	for _, set := range []struct {
 		way       int
 		prefix    string
@@ -90,27 +100,38 @@ func smallScenario(ctx context.Context, o options, t *table) error {
 			return sizedURL(fmt.Sprintf("%s%d:%d", prefix, i%o.smallClients, tgt.port), size)
 		}
 	}
-	ways := [wayCount]smallWay{
+	ways := [smallWayCount]smallWay{
 		wayDirect: {"direct", scraper("", conns, timeout+5*time.Second), func(_, size int) string {
 			return sizedURL(fmt.Sprintf("127.0.0.1:%d", tgt.port), size)
 		}, cpuMeter{target: tgt.pid()}},
 		wayPoll:   {"poll", viaProxy, throughClients("p"), cpuMeter{target: tgt.pid(), proxy: proxy.pid(), clients: pids[wayPoll]}},
 		wayTunnel: {"tunnel", viaProxy, throughClients("t"), cpuMeter{target: tgt.pid(), proxy: proxy.pid(), clients: pids[wayTunnel]}},
 	}
+	active := []int{wayDirect, wayPoll, wayTunnel}
+	if o.reference.enabled() {
+		ref, err := startReference(ctx, o.reference, o.smallClients, tgt.port)
+		if err != nil {
+			return err
+		}
+		ways[wayReference] = smallWay{"reference", scraper(ref.addr, conns, timeout+5*time.Second), throughClients("r"),
+			cpuMeter{target: tgt.pid(), proxy: ref.proxy.pid(), clients: ref.clients}}
+		active = append(active, wayReference)
+	}
 
-	// measure runs smallRounds rounds of count/smallRounds scrapes each
-	// way. The order rotates every round, so that each way runs first,
-	// second and last equally often and none gains from a warm cache or a
-	// quiet moment of the machine.
-	measure := func(size, count, concurrency int) ([wayCount]smallResult, error) {
-		var res [wayCount]smallResult
-		for round := range smallRounds {
-			logf("small: %s, %d scrapers, round %d of %d: %d scrapes each way", sizeString(int64(size)), concurrency, round+1, smallRounds, count/smallRounds)
-			for k := range wayCount {
-				w := (k + round) % wayCount
+	// measure runs rounds of count/rounds scrapes each way. The order
+	// rotates every round, so that each way runs first, second and last
+	// equally often and none gains from a warm cache or a quiet moment of
+	// the machine.
+	rounds := roundsPerWay * len(active)
+	measure := func(size, count, concurrency int) ([smallWayCount]smallResult, error) {
+		var res [smallWayCount]smallResult
+		for round := range rounds {
+			logf("small: %s, %d scrapers, round %d of %d: %d scrapes each way", sizeString(int64(size)), concurrency, round+1, rounds, count/rounds)
+			for k := range active {
+				w := active[(k+round)%len(active)]
 				way := ways[w]
 				before := way.cpu.read()
-				r := runLoad(ctx, way.client, count/smallRounds, concurrency, func(i int) string { return way.url(i, size) }, timeout, int64(size))
+				r := runLoad(ctx, way.client, count/rounds, concurrency, func(i int) string { return way.url(i, size) }, timeout, int64(size))
 				res[w].cpu.add(way.cpu.read().sub(before))
 				res[w].load.latencies = append(res[w].load.latencies, r.latencies...)
 				res[w].load.elapsed += r.elapsed
@@ -126,7 +147,8 @@ func smallScenario(ctx context.Context, o options, t *table) error {
 		// Warm up connections and buffers in every process at this size.
 		warm := max(4*o.smallClients, 200)
 		logf("small: %s, warming up", sizeString(int64(size)))
-		for _, way := range ways {
+		for _, w := range active {
+			way := ways[w]
 			if err := runLoad(ctx, way.client, warm, o.smallConcurrency, func(i int) string { return way.url(i, size) }, timeout, int64(size)).check("warm-up " + way.name); err != nil {
 				return fmt.Errorf("%w\nproxy:\n%s", err, proxy.output())
 			}
@@ -138,7 +160,7 @@ func smallScenario(ctx context.Context, o options, t *table) error {
 		label := fmt.Sprintf("1. %s payload, %d clients per transport, %d scrapers (%d scrapes each way)%s",
 			sizeString(int64(size)), o.smallClients, o.smallConcurrency, len(loaded[wayDirect].load.latencies), o.target.note())
 		addLoadRows(t, label, loaded, true)
-		var hwm [wayCount]int64
+		var hwm [smallWayCount]int64
 		for _, w := range []int{wayPoll, wayTunnel} {
 			for _, pid := range pids[w] {
 				if v, err := procStatus(pid, "VmHWM"); err == nil {
@@ -173,13 +195,24 @@ const (
 
 // addLoadRows adds the rows of one measurement of the three ways; full
 // adds the CPU split and holds the rows to issue 11's targets.
-func addLoadRows(t *table, label string, r [wayCount]smallResult, full bool) {
-	d, p, tu := r[wayDirect], r[wayPoll], r[wayTunnel]
+func addLoadRows(t *table, label string, r [smallWayCount]smallResult, full bool) {
+	d, p, tu, ref := r[wayDirect], r[wayPoll], r[wayTunnel], r[wayReference]
 	// latencyRow adds a row of a percentile, in ms, with its ratios.
+	// withReference adds the reference's value to a row, when it was
+	// measured, and the tunnel's ratio to it.
+	measuredRef := len(ref.load.latencies) > 0
+	withReference := func(rw row, text string, vr, vt float64) row {
+		if measuredRef {
+			rw.reference, rw.vsReference = text, ratio(vt, vr)
+		}
+		return rw
+	}
 	latencyRow := func(metric string, pct float64, target float64) {
 		vd, vp, vt := d.load.percentile(pct).Seconds(), p.load.percentile(pct).Seconds(), tu.load.percentile(pct).Seconds()
+		vr := ref.load.percentile(pct).Seconds()
 		rw := row{scenario: label, metric: metric, direct: msf(vd),
 			poll: vsDirect(msf(vp), vp, vd), tunnel: vsDirect(msf(vt), vt, vd), vs: ratio(vt, vp)}
+		rw = withReference(rw, vsDirect(msf(vr), vr, vd), vr, vt)
 		if target > 0 {
 			rw.target = fmt.Sprintf("≤ %.2g× poll", target)
 			rw.met = met(vp > 0 && vt/vp <= target)
@@ -192,9 +225,10 @@ func addLoadRows(t *table, label string, r [wayCount]smallResult, full bool) {
 	}
 	latencyRow("p50 latency", 50, p50Target)
 	latencyRow("p99 latency", 99, 0)
-	rd, rp, rt := d.load.rate(), p.load.rate(), tu.load.rate()
+	rd, rp, rt, rr := d.load.rate(), p.load.rate(), tu.load.rate(), ref.load.rate()
 	rateRow := row{scenario: label, metric: "scrapes/s", direct: fmt.Sprintf("%.0f", rd),
 		poll: vsDirect(fmt.Sprintf("%.0f", rp), rp, rd), tunnel: vsDirect(fmt.Sprintf("%.0f", rt), rt, rd), vs: ratio(rt, rp)}
+	rateRow = withReference(rateRow, vsDirect(fmt.Sprintf("%.0f", rr), rr, rd), rr, rt)
 	if full {
 		rateRow.target = fmt.Sprintf("≥ %.2g× poll", targetRate)
 		rateRow.met = met(rp > 0 && rt/rp >= targetRate)
@@ -204,7 +238,9 @@ func addLoadRows(t *table, label string, r [wayCount]smallResult, full bool) {
 	// CPU per scrape, in µs, of the proxy and the client together: what
 	// the issue holds the tunnel to.
 	pcP, pcT := p.perScrape(p.cpu.proxy+p.cpu.clients), tu.perScrape(tu.cpu.proxy+tu.cpu.clients)
+	pcR := ref.perScrape(ref.cpu.proxy + ref.cpu.clients)
 	cpuRow := row{scenario: label, metric: "CPU per scrape, proxy + client", poll: us(pcP), tunnel: us(pcT), vs: ratio(pcT, pcP)}
+	cpuRow = withReference(cpuRow, us(pcR), pcR, pcT)
 	if full {
 		cpuRow.target = fmt.Sprintf("≤ %.2g× poll", targetCPU)
 		cpuRow.met = met(pcP > 0 && pcT/pcP <= targetCPU)
@@ -226,11 +262,13 @@ func addLoadRows(t *table, label string, r [wayCount]smallResult, full bool) {
 		{"  of which client", func(u cpuUse) float64 { return u.clients }, false},
 	}
 	for _, part := range parts {
-		vp, vt := p.perScrape(part.of(p.cpu)), tu.perScrape(part.of(tu.cpu))
+		vp, vt, vr := p.perScrape(part.of(p.cpu)), tu.perScrape(part.of(tu.cpu)), ref.perScrape(part.of(ref.cpu))
 		rw := row{scenario: label, metric: part.metric, poll: us(vp), tunnel: us(vt), vs: ratio(vt, vp)}
+		rw = withReference(rw, us(vr), vr, vt)
 		if part.direct {
 			vd := d.perScrape(part.of(d.cpu))
 			rw.direct, rw.poll, rw.tunnel = us(vd), vsDirect(us(vp), vp, vd), vsDirect(us(vt), vt, vd)
+			rw = withReference(rw, vsDirect(us(vr), vr, vd), vr, vt)
 		}
 		t.add(rw)
 	}
