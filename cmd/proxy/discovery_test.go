@@ -258,3 +258,23 @@ func TestRegistrationsAreBoundedInTotal(t *testing.T) {
 		t.Errorf("after garbage collection: %d, want 204", code)
 	}
 }
+
+func TestDiscoveryListsAClientAsItSpellsItsName(t *testing.T) {
+	// A reference client answers only scrapes of its FQDN as it spells
+	// it: a Prometheus that discovers it must scrape that spelling.
+	for _, fqdn := range []string{"LocalHost", "node1.example."} {
+		t.Run(fqdn, func(t *testing.T) {
+			tp := startProxy(t, defaultConfig())
+			rawPoll(t, strings.TrimPrefix(tp.srv.URL, "http://"), fqdn)
+			tp.waitParked(t, 1)
+			code, _, body := getBody(t, tp.srv.URL+"/clients")
+			var got []clientGroup
+			if err := json.Unmarshal([]byte(body), &got); code != http.StatusOK || err != nil {
+				t.Fatalf("/clients: %d %v: %s", code, err, body)
+			}
+			if len(got) != 1 || len(got[0].Targets) != 1 || got[0].Targets[0] != fqdn {
+				t.Errorf("/clients lists %s, want the one target %q", body, fqdn)
+			}
+		})
+	}
+}

@@ -573,10 +573,33 @@ func TestNamesAreNormalised(t *testing.T) {
 				t.Fatalf("Scrape: %v", err)
 			}
 			answer.Done(nil)
-			if got, want := h.Clients(0, 0)[0].FQDN, NormalFQDN(tc.poll); got != want {
+			// Listed as the client spells it: a reference client answers
+			// only scrapes of that spelling.
+			if got, want := h.Clients(0, 0)[0].FQDN, tc.poll; got != want {
 				t.Errorf("client listed as %q, want %q", got, want)
 			}
 		})
+	}
+}
+
+func TestAClientIsListedAsItLastSpelledItsName(t *testing.T) {
+	h := newTestHub(t, 10)
+	for _, step := range []struct {
+		name   string
+		attach func()
+	}{
+		{"Node1.Example", func() { h.register(t, Client{FQDN: "Node1.Example"}) }},
+		{"node1.example.", func() {
+			if _, err := h.Attach(Client{FQDN: "node1.example."}, newFakeTunnel(), 1); err != nil {
+				t.Fatalf("Attach: %v", err)
+			}
+		}},
+		{"node1.example", func() { h.register(t, Client{FQDN: "node1.example"}) }},
+	} {
+		step.attach()
+		if got := h.Clients(0, 0); len(got) != 1 || got[0].FQDN != step.name {
+			t.Fatalf("after a contact as %q, clients %+v, want one listed as %q", step.name, got, step.name)
+		}
 	}
 }
 

@@ -53,6 +53,7 @@ func (w *Work) Undelivered() {
 // ErrTooManyLabelSets when c cannot be registered. The Work returned must
 // be completed with Delivered or Undelivered.
 func (h *Hub) Poll(ctx context.Context, c Client, wait time.Duration) (*Work, error) {
+	spelling := c.FQDN
 	c.FQDN = NormalFQDN(c.FQDN)
 	h.mu.Lock()
 	if h.closing {
@@ -70,6 +71,7 @@ func (h *Hub) Poll(ctx context.Context, c Client, wait time.Duration) (*Work, er
 		level.Debug(h.logger).Log("msg", "client registered", "fqdn", c.FQDN, "transport", TransportPoll)
 	}
 	h.registry.connect(r, TransportPoll, now)
+	r.spell(spelling)
 	p := &poll{ctx: ctx, client: c, reg: r, handed: make(chan *Scrape, 1)}
 	if c.Target != "" {
 		p.port = targetPort(c.Target)

@@ -41,7 +41,11 @@ const (
 // set, or a target a client answers for (see Client.Target). Its fields
 // are guarded by Hub.mu.
 type registration struct {
-	fqdn      string
+	fqdn string
+	// spelling is the FQDN as its client last wrote it, when that is not
+	// fqdn (upper case, a trailing dot): discovery lists it, since a
+	// reference client answers only scrapes of its name as it spells it.
+	spelling  string
 	target    string // host:port as listed, or empty for a client's own name
 	via       string // the FQDN of the client that announced target
 	owner     string // who target counts against (Client.Owner)
@@ -52,6 +56,23 @@ type registration struct {
 	transport string    // of its latest connection
 	outcomes  []string  // the latest scrape outcomes, oldest first
 	idle      *list.Element
+}
+
+// spell notes how the client wrote its FQDN this time.
+func (r *registration) spell(name string) {
+	if name == r.fqdn {
+		r.spelling = ""
+	} else {
+		r.spelling = name
+	}
+}
+
+// name is the FQDN as its client writes it.
+func (r *registration) name() string {
+	if r.spelling != "" {
+		return r.spelling
+	}
+	return r.fqdn
 }
 
 // connected says whether the registration has a live carrier.
@@ -283,6 +304,8 @@ func (g *registry) collect(now time.Time) []*registration {
 // ClientStatus is a snapshot of one known client, or of a target a
 // client announced.
 type ClientStatus struct {
+	// FQDN is the client's name as it last wrote it; names that differ
+	// only in case or a trailing dot are one client.
 	FQDN string
 	// Target is host:port as the announcing client (Via) lists it, or
 	// empty for a client's own name.
@@ -337,7 +360,7 @@ func (g *registry) list(now time.Time, offset, limit int) []ClientStatus {
 				targets = g.targets[r.fqdn]
 			}
 			out = append(out, ClientStatus{
-				FQDN:      r.fqdn,
+				FQDN:      r.name(),
 				Target:    r.target,
 				Via:       r.via,
 				Targets:   targets,

@@ -106,6 +106,7 @@ func (h *Hub) registryHasPollsLocked(fqdn string) bool {
 // capacity scrapes at once, queued ones first. It fails with
 // ErrShuttingDown, ErrTooManyClients or ErrTooManyLabelSets.
 func (h *Hub) Attach(c Client, t Tunnel, capacity int) (*Session, error) {
+	spelling := c.FQDN
 	c.FQDN = NormalFQDN(c.FQDN)
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -118,6 +119,7 @@ func (h *Hub) Attach(c Client, t Tunnel, capacity int) (*Session, error) {
 		return nil, err
 	}
 	h.registry.connect(r, TransportTunnel, now)
+	r.spell(spelling)
 	h.metrics.connects.WithLabelValues(TransportTunnel).Inc()
 	level.Debug(h.logger).Log("msg", "client registered", "fqdn", c.FQDN, "transport", TransportTunnel)
 	session := &Session{hub: h, client: c, fqdn: c.FQDN, reg: r, tunnel: t, capacity: max(capacity, 1), hosts: map[string]int{}, ports: map[string]int{}}
