@@ -28,8 +28,8 @@ import (
 
 // Bounds of the client's own start and stop.
 const (
-	// fqdnLookupTimeout bounds the DNS look-up of this host's canonical
-	// name at start: without DNS, the host name is used at once.
+	// fqdnLookupTimeout bounds the look-ups of this host's name at start:
+	// without DNS, the host name is used at once.
 	fqdnLookupTimeout = 2 * time.Second
 	// metricsReadHeaderTimeout bounds reading a request head on the
 	// metrics listener, so that idle connections cannot pile up.
@@ -206,7 +206,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, fmt.Errorf("--label: labels take %d bytes encoded, at most %d allowed", n, util.MaxLabelsBytes)
 	}
 	if cfg.fqdn == "" {
-		cfg.fqdn = hostFQDN()
+		cfg.fqdn = hostFQDN(net.DefaultResolver)
 	}
 	// The flag's own environment variable counts as giving it.
 	if !maxProcsSet && os.Getenv(maxProcsFlag.Model().Envar) == "" && os.Getenv("GOMAXPROCS") != "" {
@@ -218,20 +218,43 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	return &cfg, nil
 }
 
-// hostFQDN returns this host's fully qualified name: its host name, resolved
-// to its canonical name when DNS knows one.
-func hostFQDN() string {
+// hostFQDN returns the name this host registers as by default, found as
+// the reference client finds it, so that a client put in its place keeps
+// its name: the host name's first IPv4 address resolved back to a name,
+// without a trailing dot; the host name itself when a step fails.
+func hostFQDN(resolver hostResolver) string {
 	host, err := os.Hostname()
 	if err != nil {
 		return ""
 	}
-	if strings.Contains(host, ".") {
-		return host
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), fqdnLookupTimeout)
 	defer cancel()
-	if cname, err := net.DefaultResolver.LookupCNAME(ctx, host); err == nil && cname != "" {
-		return strings.TrimSuffix(cname, ".")
+	return reverseName(ctx, resolver, host)
+}
+
+// hostResolver is what hostFQDN asks of DNS (and /etc/hosts); a
+// *net.Resolver is one.
+type hostResolver interface {
+	LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error)
+	LookupAddr(ctx context.Context, addr string) ([]string, error)
+}
+
+// reverseName returns the first name of host's first IPv4 address, or
+// host when there is none.
+func reverseName(ctx context.Context, resolver hostResolver, host string) string {
+	addrs, err := resolver.LookupIPAddr(ctx, host)
+	if err != nil {
+		return host
+	}
+	for _, addr := range addrs {
+		if addr.IP.To4() == nil {
+			continue
+		}
+		names, err := resolver.LookupAddr(ctx, addr.IP.String())
+		if err != nil || len(names) == 0 || strings.TrimSuffix(names[0], ".") == "" {
+			return host
+		}
+		return strings.TrimSuffix(names[0], ".")
 	}
 	return host
 }

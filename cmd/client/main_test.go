@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -220,5 +222,62 @@ func TestSIGHUPReloadsTheClientInsteadOfEndingIt(t *testing.T) {
 	client.Signal(syscall.SIGTERM)
 	if code := client.Wait(); code != 0 {
 		t.Errorf("client exited with %d after SIGHUP and SIGTERM:\n%s", code, client.Output())
+	}
+}
+
+// fakeResolver answers look-ups from maps; a missing entry is an error.
+type fakeResolver struct {
+	addrs map[string][]net.IPAddr
+	names map[string][]string
+}
+
+func (f fakeResolver) LookupIPAddr(_ context.Context, host string) ([]net.IPAddr, error) {
+	if addrs, ok := f.addrs[host]; ok {
+		return addrs, nil
+	}
+	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+}
+
+func (f fakeResolver) LookupAddr(_ context.Context, addr string) ([]string, error) {
+	if names, ok := f.names[addr]; ok {
+		return names, nil
+	}
+	return nil, &net.DNSError{Err: "no such host", Name: addr, IsNotFound: true}
+}
+
+func TestTheDefaultFQDNIsFoundAsTheReferenceClientFindsIt(t *testing.T) {
+	v4 := func(s string) net.IPAddr { return net.IPAddr{IP: net.ParseIP(s)} }
+	for _, tc := range []struct {
+		name     string
+		resolver fakeResolver
+		want     string
+	}{
+		{"the first IPv4 address's first name, without its dot", fakeResolver{
+			addrs: map[string][]net.IPAddr{"node1": {v4("2001:db8::1"), v4("10.0.0.7"), v4("10.0.0.8")}},
+			names: map[string][]string{"10.0.0.7": {"node1.example.com.", "node1"}, "10.0.0.8": {"other.example.com."}},
+		}, "node1.example.com"},
+		{"as hosts(5) resolves a loopback name", fakeResolver{
+			addrs: map[string][]net.IPAddr{"node1": {v4("127.0.0.1")}},
+			names: map[string][]string{"127.0.0.1": {"localhost"}},
+		}, "localhost"},
+		{"the host name when it does not resolve", fakeResolver{}, "node1"},
+		{"the host name without an IPv4 address", fakeResolver{
+			addrs: map[string][]net.IPAddr{"node1": {v4("2001:db8::1")}},
+			names: map[string][]string{"2001:db8::1": {"node1.example.com."}},
+		}, "node1"},
+		{"the host name when the first IPv4 address has no name", fakeResolver{
+			addrs: map[string][]net.IPAddr{"node1": {v4("10.0.0.7"), v4("10.0.0.8")}},
+			names: map[string][]string{"10.0.0.8": {"other.example.com."}},
+		}, "node1"},
+		{"the host name when the name is empty", fakeResolver{
+			addrs: map[string][]net.IPAddr{"node1": {v4("10.0.0.7")}},
+			names: map[string][]string{"10.0.0.7": {"."}},
+		}, "node1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := reverseName(context.Background(), tc.resolver, "node1"); got != tc.want {
+				t.Errorf("reverseName = %q, want %q", got, tc.want)
+			}
+		})
 	}
 }
