@@ -134,6 +134,7 @@ func port(t *testing.T, srv *httptest.Server) string {
 // seen is a request as a target saw it.
 type seen struct {
 	url    *url.URL
+	host   string // the Host header
 	header http.Header
 	tls    bool
 }
@@ -144,7 +145,7 @@ func recordingTarget(t *testing.T, secure bool, status int, body string) (*httpt
 	t.Helper()
 	requests := make(chan seen, 16)
 	srv := startTarget(t, secure, func(w http.ResponseWriter, r *http.Request) {
-		requests <- seen{url: r.URL, header: r.Header.Clone(), tls: r.TLS != nil}
+		requests <- seen{url: r.URL, host: r.Host, header: r.Header.Clone(), tls: r.TLS != nil}
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		w.WriteHeader(status)
 		_, _ = io.WriteString(w, body)

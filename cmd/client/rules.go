@@ -81,7 +81,10 @@ func (c *client) targetRequest(ctx context.Context, req *http.Request, timeout t
 
 	out := req.Clone(ctx)
 	out.URL = &u
-	out.Host = ""
+	// The Host header stays the one Prometheus sent, as in a direct scrape,
+	// also when --use-localhost dials 127.0.0.1 (as the Rancher client
+	// does); net/http sends the URL's host when it is empty.
+	out.Host = req.Host
 	out.RequestURI = ""
 	// An empty body is none: net/http replays a body on 307 and 308
 	// redirects only when it can get it again.

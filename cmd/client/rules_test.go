@@ -175,8 +175,14 @@ func TestUseLocalhost(t *testing.T) {
 	// target.
 	id := fp.queueScrape(t, "http://node.example:"+cfg.allowPort+"/metrics", nil)
 	fp.expectPush(t, id, http.StatusOK, "local_up 1\n")
-	if got := received(t, requests); got.url.Path != "/metrics" {
+	got := received(t, requests)
+	if got.url.Path != "/metrics" {
 		t.Errorf("target saw path %q", got.url.Path)
+	}
+	// The target is asked for the host Prometheus asked for, as the
+	// Rancher client asks it, though the client dials 127.0.0.1.
+	if want := "node.example:" + cfg.allowPort; got.host != want {
+		t.Errorf("target saw Host %q, want %q", got.host, want)
 	}
 }
 
