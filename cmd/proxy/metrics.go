@@ -63,6 +63,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, reason := range []string{refusedRateLimited, refusedTooManyClients, refusedTooManyLabelSets} {
 		refusedRegistrations.WithLabelValues(reason)
 	}
+	httpRequests := factory.NewCounterVec(prometheus.CounterOpts{
+		Name: "pushprox_http_requests_total",
+		Help: "Number of HTTP requests to the proxy's own endpoints.",
+	}, []string{"code", "path"})
+	// The series the reference proxy exposes from its start, so that
+	// rules and dashboards written for it see 0, not nothing.
+	for _, series := range [][2]string{
+		{"200", "/clients"}, {"200", "/metrics"}, {"200", "/poll"}, {"408", "/poll"}, {"200", "/push"}, {"500", "/push"},
+	} {
+		httpRequests.WithLabelValues(series[0], series[1])
+	}
 	return &metrics{
 		registrationsRefused: refusedRegistrations,
 		scrapeWait:           phases.WithLabelValues("wait_for_poll"),
@@ -71,10 +82,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "pushprox_proxy_proxied_bytes_total",
 			Help: "Bytes of scrape answers relayed to Prometheus.",
 		}),
-		httpRequests: factory.NewCounterVec(prometheus.CounterOpts{
-			Name: "pushprox_http_requests_total",
-			Help: "Number of HTTP requests to the proxy's own endpoints.",
-		}, []string{"code", "path"}),
+		httpRequests: httpRequests,
 		httpDuration: factory.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "pushprox_http_duration_seconds",
 			Help:    "Time taken by HTTP requests to the proxy's own endpoints.",

@@ -136,3 +136,15 @@ func TestConnectionMetricsFollowAClientsLife(t *testing.T) {
 
 // Per-FQDN series are bounded; the FQDNs kept are the first in sort order,
 // so that the set does not change from one scrape to the next.
+
+func TestAFreshProxyExposesTheReferencesRequestSeriesAtZero(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	newMetrics(reg)
+	for _, series := range []struct{ code, path string }{
+		{"200", "/clients"}, {"200", "/metrics"}, {"200", "/poll"}, {"408", "/poll"}, {"200", "/push"}, {"500", "/push"},
+	} {
+		t.Run(series.code+" "+series.path, func(t *testing.T) {
+			expectMetric(t, reg, "pushprox_http_requests_total", map[string]string{"code": series.code, "path": series.path}, 0)
+		})
+	}
+}
