@@ -90,9 +90,16 @@ func TestWrongOrMissingCredentialsAreRefusedAndNothingHappens(t *testing.T) {
 			}
 		})
 	}
-	// Refused requests never reached the proxy's endpoints.
-	if n := testutil.CollectAndCount(sp.metrics.httpRequests); n != 0 {
-		t.Errorf("%d request series counted by the endpoints, want none", n)
+	// Refused requests never reached the proxy's endpoints: the series
+	// that exist from the start are all still 0.
+	starting := startingRequestSeries()
+	if got := testutil.CollectAndCount(sp.metrics.httpRequests); got != len(starting) {
+		t.Errorf("%d request series counted by the endpoints, want the %d of the start", got, len(starting))
+	}
+	for _, series := range starting {
+		if n := testutil.ToFloat64(sp.metrics.httpRequests.WithLabelValues(series.code, series.path)); n != 0 {
+			t.Errorf("%v requests counted by %s %s, want none", n, series.code, series.path)
+		}
 	}
 }
 

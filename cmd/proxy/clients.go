@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-kit/log/level"
@@ -199,7 +200,14 @@ func (p *proxy) handlePush(w http.ResponseWriter, r *http.Request) {
 	// answer rather than reused.
 	deadline := claim.Deadline()
 	_ = rc.SetReadDeadline(deadline)
+	answerBody := &endReader{ReadCloser: resp.Body}
+	resp.Body = answerBody
 	err = claim.Deliver(resp, func() {
+		if answerBody.ended.Load() {
+			// Prometheus went away once it had the whole answer, before
+			// the relay reported its end: nothing is left to stop.
+			return
+		}
 		// Prometheus went away during the relay: end its read of this
 		// push now, not at the scrape's deadline. If the body was all
 		// read, the cut hits net/http's background read, which cancels
@@ -223,6 +231,20 @@ func (p *proxy) handlePush(w http.ResponseWriter, r *http.Request) {
 	default:
 		p.rejectPush(w, "undelivered", http.StatusBadGateway, "scrape %q: relaying to Prometheus failed: %v", id, err)
 	}
+}
+
+// endReader notes when its reader has come to the end.
+type endReader struct {
+	io.ReadCloser
+	ended atomic.Bool
+}
+
+func (r *endReader) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	if err == io.EOF {
+		r.ended.Store(true)
+	}
+	return n, err
 }
 
 // pushRejectReason is the reason label of a push refused by the hub.

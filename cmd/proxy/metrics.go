@@ -67,12 +67,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "pushprox_http_requests_total",
 		Help: "Number of HTTP requests to the proxy's own endpoints.",
 	}, []string{"code", "path"})
-	// The series the reference proxy exposes from its start, so that
-	// rules and dashboards written for it see 0, not nothing.
-	for _, series := range [][2]string{
-		{"200", "/clients"}, {"200", "/metrics"}, {"200", "/poll"}, {"408", "/poll"}, {"200", "/push"}, {"500", "/push"},
-	} {
-		httpRequests.WithLabelValues(series[0], series[1])
+	for _, series := range startingRequestSeries() {
+		httpRequests.WithLabelValues(series.code, series.path)
 	}
 	return &metrics{
 		registrationsRefused: refusedRegistrations,
@@ -100,6 +96,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Polls answered without a scrape because their wait preference passed.",
 		}),
 		pushesRejected: rejected,
+	}
+}
+
+// requestSeries is one series of pushprox_http_requests_total.
+type requestSeries struct{ code, path string }
+
+// startingRequestSeries are the series of pushprox_http_requests_total
+// that the reference proxy exposes from its start, so that rules and
+// dashboards written for it see 0, not nothing.
+func startingRequestSeries() []requestSeries {
+	return []requestSeries{
+		{"200", "/clients"}, {"200", "/metrics"}, {"200", "/poll"}, {"408", "/poll"}, {"200", "/push"}, {"500", "/push"},
 	}
 }
 

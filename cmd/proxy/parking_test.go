@@ -102,6 +102,40 @@ func TestAParkedPollsConnectionCarriesItsScrapeThePushAndTheNextPoll(t *testing.
 	}
 }
 
+func TestAReferenceClientsConnectionCarriesPollAndPushScrapeAfterScrape(t *testing.T) {
+	// Prometheus' request ends as soon as its answer is relayed; the push
+	// that carried the answer must not take that for Prometheus going
+	// away, which would close the client's connection after it.
+	tp := startProxy(t, defaultConfig())
+	conn, r := tp.dial(t)
+	const scrapes = 200
+	for i := range scrapes {
+		fmt.Fprintf(conn, "POST /poll HTTP/1.1\r\nHost: proxy\r\nContent-Length: 6\r\n\r\nhost-a")
+		tp.waitParked(t, 1)
+		scraped := goScrape(context.Background(), tp.srv.URL, "http://host-a:9100/metrics", "10")
+		resp, body := readAnswer(t, conn, r)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("scrape %d: poll answered %s: %s", i, resp.Status, body)
+		}
+		scrape, err := util.DecodeScrapeRequest(bufio.NewReader(strings.NewReader(body)))
+		if err != nil {
+			t.Fatalf("scrape %d: poll answer is not a scrape: %v", i, err)
+		}
+		push, err := io.ReadAll(serializedAnswer(scrape.Header.Get(util.HeaderID), http.StatusOK, "up 1\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "POST /push HTTP/1.1\r\nHost: proxy\r\nContent-Length: %d\r\n\r\n%s", len(push), push)
+		resp, body = readAnswer(t, conn, r)
+		if resp.StatusCode != http.StatusOK || resp.Close {
+			t.Fatalf("scrape %d: push answered %s, closing the connection: %v: %s", i, resp.Status, resp.Close, body)
+		}
+		if got := await(t, "the scrape", scraped); got.err != nil || got.status != http.StatusOK || got.body != "up 1\n" {
+			t.Fatalf("scrape %d got %d %q, %v; want 200 with the pushed body", i, got.status, got.body, got.err)
+		}
+	}
+}
+
 func TestADetachedPollIsAnsweredOnceAndItsConnectionKeptOnlyIfTheClientWantsIt(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
