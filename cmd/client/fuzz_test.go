@@ -2,13 +2,15 @@ package main
 
 import (
 	"io"
+	"net/http"
 	"testing"
 
 	"github.com/rancher/pushprox/util"
 )
 
 // FuzzParseScrapeRequest feeds arbitrary poll answers to the parser: it must
-// not panic, and whatever it accepts must be something the client can scrape.
+// not panic, and whatever it accepts must be something the client can scrape,
+// or a CONNECT with its target, which the client refuses with the reason.
 func FuzzParseScrapeRequest(f *testing.F) {
 	for _, seed := range []string{
 		"GET http://node1:9100/metrics HTTP/1.1\r\nHost: node1:9100\r\nId: 1\r\nX-Prometheus-Scrape-Timeout-Seconds: 10\r\n\r\n",
@@ -31,7 +33,12 @@ func FuzzParseScrapeRequest(f *testing.F) {
 			}
 			return
 		}
-		if !req.URL.IsAbs() || req.URL.Host == "" {
+		switch {
+		case req.Method == http.MethodConnect:
+			if req.Host == "" {
+				t.Fatalf("accepted a CONNECT without a target")
+			}
+		case !req.URL.IsAbs() || req.URL.Host == "":
 			t.Fatalf("accepted request for %q, which is not an absolute URL", req.URL)
 		}
 		if req.Header.Get(util.HeaderID) == "" {

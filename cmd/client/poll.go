@@ -275,9 +275,13 @@ func (c *client) poll(ctx context.Context, up *upstream, wait time.Duration, as 
 	return parseScrapeRequest(body)
 }
 
-// parseScrapeRequest reads the scrape request in a poll answer.
+// parseScrapeRequest reads the scrape request in a poll answer. A CONNECT
+// is read too, so that it is refused with the reason like any request the
+// client does not serve: a proxy that hands one to a poll (the reference
+// proxy, for a scheme: https target) is working, and the scrape, not the
+// poll, failed.
 func parseScrapeRequest(body []byte) (*http.Request, error) {
-	req, err := util.DecodeScrapeRequest(bufio.NewReader(bytes.NewReader(body)))
+	req, err := util.DecodeStreamRequest(bufio.NewReader(bytes.NewReader(body)))
 	if err != nil {
 		return nil, fmt.Errorf("poll answer: %w", err)
 	}

@@ -29,7 +29,7 @@ func TestPollAnswersThatAreNotScrapes(t *testing.T) {
 		{name: "200 empty", status: http.StatusOK},
 		{name: "200 relative request", status: http.StatusOK, body: "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nId: 1\r\n\r\n"},
 		{name: "200 request without Id", status: http.StatusOK, body: "GET http://127.0.0.1:9100/metrics HTTP/1.1\r\nHost: 127.0.0.1:9100\r\n\r\n"},
-		{name: "200 CONNECT request", status: http.StatusOK, body: "CONNECT 127.0.0.1:9100 HTTP/1.1\r\nHost: 127.0.0.1:9100\r\nId: 1\r\n\r\n"},
+		{name: "200 CONNECT request without Id", status: http.StatusOK, body: "CONNECT 127.0.0.1:9100 HTTP/1.1\r\nHost: 127.0.0.1:9100\r\n\r\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fp := startFakeProxy(t)
@@ -169,5 +169,29 @@ func TestProxyRedirectDoesNotCarryCredentials(t *testing.T) {
 	case r := <-elsewhere.requests:
 		t.Errorf("redirect followed to another host, with Authorization %q", r.authorization)
 	default:
+	}
+}
+
+func TestACONNECTHandedToAPollIsRefusedWithTheReasonAndPollingGoesOn(t *testing.T) {
+	// The reference proxy hands a scheme: https scrape's CONNECT to a poll:
+	// the proxy works, so the client pushes the reason at once and polls
+	// on without a pause.
+	fp := startFakeProxy(t)
+	target, requests := recordingTarget(t, false, http.StatusOK, "up 1\n")
+	c := startClient(t, testConfig(fp.url(t), "127.0.0.1"))
+
+	id := uuid.NewString()
+	fp.answer(http.StatusOK, nil, "CONNECT 127.0.0.1:"+port(t, target)+" HTTP/1.1\r\nHost: 127.0.0.1:"+port(t, target)+"\r\nId: "+id+"\r\nX-Prometheus-Scrape-Timeout-Seconds: 5\r\n\r\n")
+	fp.expectPush(t, id, http.StatusInternalServerError, "_scheme=https")
+	neverContacted(t, requests)
+
+	next := fp.queueScrape(t, "http://127.0.0.1:"+port(t, target)+"/metrics", nil)
+	fp.expectPush(t, next, http.StatusOK, "up 1\n")
+	received(t, requests)
+	if got := testutil.ToFloat64(c.metrics.pollErrors); got != 0 {
+		t.Errorf("poll errors = %v, want 0", got)
+	}
+	if got := testutil.ToFloat64(c.metrics.scrapeErrors); got != 1 {
+		t.Errorf("scrape errors = %v, want 1", got)
 	}
 }
