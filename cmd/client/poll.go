@@ -130,12 +130,27 @@ func (c *client) pollLoop(ctx, scrapeCtx context.Context, up *upstream, as pollA
 	}
 	defer setConnected(false)
 	for ctx.Err() == nil {
+		endTurn, ok := up.turns.take(ctx, as.fqdn)
+		if !ok {
+			return
+		}
+		takingTurns := up.turns.taking.Load()
 		start := time.Now()
 		req, err := c.poll(ctx, up, wait, as)
+		endTurn()
 		held := time.Since(start)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
+			}
+			if isEvicted(err) && !takingTurns {
+				// Another loop of this client polls as the same name, and
+				// the proxy keeps one poll per name: they take turns. An
+				// eviction while they do is another process's poll, a
+				// failure like any other.
+				level.Info(logger).Log("msg", "proxy keeps one poll per name: the poll loops of each name take turns on it", "err", err)
+				up.turns.start()
+				continue
 			}
 			if isGatewayCut(err) && held >= minEmptyPollTime {
 				c.metrics.pollCuts.Inc()

@@ -20,6 +20,9 @@ type upstream struct {
 	url     *url.URL
 	http    *http.Client
 	address string // the one address dialled, with --proxy.resolve-all
+	// turns are taken by the poll loops of one name on a proxy that
+	// keeps one poll per name (turns.go).
+	turns pollTurns
 }
 
 // String names the upstream in logs, without credentials.

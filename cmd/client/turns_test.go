@@ -1,0 +1,210 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rancher/pushprox/util"
+)
+
+// evictingProxy keeps one parked poll per name, as the reference proxy
+// does: a second poll of a name evicts the first with a 408. A scrape goes
+// to the parked poll of its host, and its answer comes back as a push.
+type evictingProxy struct {
+	srv *httptest.Server
+
+	mu        sync.Mutex
+	parked    map[string]chan []byte         // by name: the request handed to the poll, nil to evict it
+	answers   map[string]chan *http.Response // by scrape Id
+	evictions int
+}
+
+func startEvictingProxy(t *testing.T) *evictingProxy {
+	t.Helper()
+	p := &evictingProxy{parked: map[string]chan []byte{}, answers: map[string]chan *http.Response{}}
+	p.srv = httptest.NewServer(http.HandlerFunc(p.serve))
+	t.Cleanup(p.srv.Close)
+	return p
+}
+
+func (p *evictingProxy) serve(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/poll":
+		name, _ := io.ReadAll(r.Body)
+		handed := make(chan []byte, 1)
+		p.mu.Lock()
+		if old := p.parked[string(name)]; old != nil {
+			old <- nil
+			p.evictions++
+		}
+		p.parked[string(name)] = handed
+		p.mu.Unlock()
+		select {
+		case request := <-handed:
+			if request == nil {
+				http.Error(w, "Error WaitForScrapeInstruction: "+evictedText, http.StatusRequestTimeout)
+				return
+			}
+			_, _ = w.Write(request)
+		case <-r.Context().Done():
+			p.mu.Lock()
+			if p.parked[string(name)] == handed {
+				delete(p.parked, string(name))
+			}
+			p.mu.Unlock()
+		}
+	case "/push":
+		resp, err := http.ReadResponse(bufio.NewReader(r.Body), nil)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body = io.NopCloser(bytes.NewReader(body))
+		p.mu.Lock()
+		answer := p.answers[resp.Header.Get(util.HeaderID)]
+		p.mu.Unlock()
+		if answer != nil {
+			answer <- resp
+		}
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// evict evicts the parked poll of name, as a poll from elsewhere would,
+// and says whether one was parked.
+func (p *evictingProxy) evict(name string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := p.parked[name]
+	if old == nil {
+		return false
+	}
+	old <- nil
+	delete(p.parked, name)
+	p.evictions++
+	return true
+}
+
+// scrape hands a scrape of target to the poll parked for its host, once
+// there is one, and returns the answer's status and body.
+func (p *evictingProxy) scrape(t *testing.T, target string) (int, string) {
+	t.Helper()
+	u, err := url.Parse("http://" + target + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := fmt.Sprint(time.Now().UnixNano())
+	req := httptest.NewRequest(http.MethodGet, u.String(), nil)
+	request, err := util.EncodeScrapeRequest(req, id, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	answer := make(chan *http.Response, 1)
+	p.mu.Lock()
+	p.answers[id] = answer
+	p.mu.Unlock()
+	deadline := time.Now().Add(waitLimit)
+	for {
+		p.mu.Lock()
+		handed := p.parked[u.Hostname()]
+		if handed != nil {
+			delete(p.parked, u.Hostname())
+			handed <- request
+		}
+		p.mu.Unlock()
+		if handed != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no poll of %s parked within %s", u.Hostname(), waitLimit)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case resp := <-answer:
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	case <-time.After(waitLimit):
+		t.Fatalf("no answer to the scrape of %s within %s", target, waitLimit)
+		return 0, ""
+	}
+}
+
+// waitParked waits until a poll of name is parked.
+func (p *evictingProxy) waitParked(t *testing.T, name string) {
+	t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for {
+		p.mu.Lock()
+		parked := p.parked[name] != nil
+		p.mu.Unlock()
+		if parked {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no poll of %s parked within %s", name, waitLimit)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestTargetsOfOneHostTakeTurnsOnAProxyThatKeepsOnePollPerName(t *testing.T) {
+	p := startEvictingProxy(t)
+	first, _ := recordingTarget(t, false, http.StatusOK, "first 1\n")
+	second, _ := recordingTarget(t, false, http.StatusOK, "second 1\n")
+	dir := t.TempDir()
+	file := filepath.Join(dir, "targets.yml")
+	targets := []string{"127.0.0.1:" + port(t, first), "127.0.0.1:" + port(t, second)}
+	if err := os.WriteFile(file, []byte(fmt.Sprintf("- targets: [%q, %q]\n", targets[0], targets[1])), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	proxyURL, _ := url.Parse(p.srv.URL)
+	cfg := testConfig(proxyURL, "gw")
+	cfg.transport = transportPoll
+	cfg.targetsFile = file
+	c := startClient(t, cfg)
+
+	for i := range 20 {
+		target, want := targets[i%2], []string{"first 1\n", "second 1\n"}[i%2]
+		if code, body := p.scrape(t, target); code != http.StatusOK || body != want {
+			t.Fatalf("scrape %d of %s: %d %q, want 200 %q", i, target, code, body, want)
+		}
+	}
+	p.waitParked(t, "127.0.0.1")
+	// The two loops met once, and then took turns.
+	p.mu.Lock()
+	evictions := p.evictions
+	p.mu.Unlock()
+	if evictions > 2 {
+		t.Errorf("%d polls evicted, want the loops of one host to take turns after the first", evictions)
+	}
+	if got := testutil.ToFloat64(c.metrics.pollErrors); got != 0 {
+		t.Errorf("poll errors = %v, want 0: an eviction by the client's own loop is no failure", got)
+	}
+
+	// A poll of the name from elsewhere while the loops take turns is
+	// another client: a failure, retried after a pause.
+	if !p.evict("127.0.0.1") {
+		t.Fatal("no poll parked to evict")
+	}
+	deadline := time.Now().Add(waitLimit)
+	for testutil.ToFloat64(c.metrics.pollErrors) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("poll errors = %v after an eviction from elsewhere, want 1", testutil.ToFloat64(c.metrics.pollErrors))
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
