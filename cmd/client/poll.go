@@ -148,8 +148,9 @@ func (c *client) pollLoop(ctx, scrapeCtx context.Context, up *upstream, as pollA
 				// the proxy keeps one poll per name: they take turns. An
 				// eviction while they do is another process's poll, a
 				// failure like any other.
-				level.Info(logger).Log("msg", "proxy keeps one poll per name: the poll loops of each name take turns on it", "err", err)
-				up.turns.start()
+				if up.turns.start() {
+					level.Info(logger).Log("msg", "proxy keeps one poll per name: the poll loops of each name take turns on it", "err", err)
+				}
 				continue
 			}
 			if isGatewayCut(err) && held >= minEmptyPollTime {

@@ -34,12 +34,16 @@ func isEvicted(err error) bool {
 type pollTurns struct {
 	taking atomic.Bool // set once the proxy evicted a poll
 
-	mu     sync.Mutex               // guards tokens
-	tokens map[string]chan struct{} // by name; holding one's value is the turn
+	mu sync.Mutex // guards tokens
+	// tokens hold a token per name polled as; holding its one value is
+	// the turn. The names are the client's own and its targets' hosts: a
+	// name dropped from the targets file keeps its few bytes.
+	tokens map[string]chan struct{}
 }
 
-// start makes the loops take turns from now on.
-func (t *pollTurns) start() { t.taking.Store(true) }
+// start makes the loops take turns from now on, and says whether they
+// did not already.
+func (t *pollTurns) start() bool { return !t.taking.Swap(true) }
 
 // take waits for name's turn, when loops take turns, and returns the
 // function that ends it; false if ctx ended first.
