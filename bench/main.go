@@ -167,8 +167,8 @@ func (o options) validate() error {
 	switch {
 	case o.smallClients < 1 || o.smallConcurrency < 1 || o.idleClients < 1 || o.idleConcurrency < 1:
 		return errors.New("client and scraper counts must be at least 1")
-	case o.smallScrapes < maxSmallRounds || o.smallSequential < maxSmallRounds:
-		return fmt.Errorf("--small.scrapes and --small.sequential must be at least %d, one per round", maxSmallRounds)
+	case o.smallScrapes < o.smallRounds() || o.smallSequential < o.smallRounds():
+		return fmt.Errorf("--small.scrapes and --small.sequential must be at least %d, one per round", o.smallRounds())
 	case o.largeScrapes < 1 || o.idleScrapes < 1:
 		return errors.New("--large.scrapes and --idle.scrapes must be at least 1")
 	case o.largeSize < 1 || o.largeSize > maxServedSize || o.idlePayload < 1:

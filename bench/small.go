@@ -14,6 +14,7 @@ type smallWay struct {
 	client *http.Client
 	url    func(i, size int) string // of scrape i for a body of size bytes
 	cpu    cpuMeter
+	proxy  *child // whose output explains a failure; nil for direct
 }
 
 // wayReference is the small scenario's fourth way, when a reference
@@ -28,8 +29,22 @@ const (
 // moment of a shared machine falls on more than one round.
 const roundsPerWay = 2
 
-// maxSmallRounds is the most rounds a measurement takes, with every way.
-const maxSmallRounds = roundsPerWay * smallWayCount
+// failed adds the output of the way's proxy to err.
+func (w smallWay) failed(err error) error {
+	if w.proxy == nil {
+		return err
+	}
+	return fmt.Errorf("%w\n%s proxy:\n%s", err, w.name, w.proxy.output())
+}
+
+// smallRounds is how many rounds a measurement takes: roundsPerWay for
+// each way measured.
+func (o options) smallRounds() int {
+	if o.reference.enabled() {
+		return roundsPerWay * smallWayCount
+	}
+	return roundsPerWay * wayCount
+}
 
 // smallResult is what one way measured at one size.
 type smallResult struct {
@@ -103,9 +118,9 @@ func smallScenario(ctx context.Context, o options, t *table) error {
 	ways := [smallWayCount]smallWay{
 		wayDirect: {"direct", scraper("", conns, timeout+5*time.Second), func(_, size int) string {
 			return sizedURL(fmt.Sprintf("127.0.0.1:%d", tgt.port), size)
-		}, cpuMeter{target: tgt.pid()}},
-		wayPoll:   {"poll", viaProxy, throughClients("p"), cpuMeter{target: tgt.pid(), proxy: proxy.pid(), clients: pids[wayPoll]}},
-		wayTunnel: {"tunnel", viaProxy, throughClients("t"), cpuMeter{target: tgt.pid(), proxy: proxy.pid(), clients: pids[wayTunnel]}},
+		}, cpuMeter{target: tgt.pid()}, nil},
+		wayPoll:   {"poll", viaProxy, throughClients("p"), cpuMeter{target: tgt.pid(), proxy: proxy.pid(), clients: pids[wayPoll]}, proxy},
+		wayTunnel: {"tunnel", viaProxy, throughClients("t"), cpuMeter{target: tgt.pid(), proxy: proxy.pid(), clients: pids[wayTunnel]}, proxy},
 	}
 	active := []int{wayDirect, wayPoll, wayTunnel}
 	if o.reference.enabled() {
@@ -114,7 +129,7 @@ func smallScenario(ctx context.Context, o options, t *table) error {
 			return err
 		}
 		ways[wayReference] = smallWay{"reference", scraper(ref.addr, conns, timeout+5*time.Second), throughClients("r"),
-			cpuMeter{target: tgt.pid(), proxy: ref.proxy.pid(), clients: ref.clients}}
+			cpuMeter{target: tgt.pid(), proxy: ref.proxy.pid(), clients: ref.clients}, ref.proxy}
 		active = append(active, wayReference)
 	}
 
@@ -122,7 +137,7 @@ func smallScenario(ctx context.Context, o options, t *table) error {
 	// rotates every round, so that each way runs first, second and last
 	// equally often and none gains from a warm cache or a quiet moment of
 	// the machine.
-	rounds := roundsPerWay * len(active)
+	rounds := o.smallRounds()
 	measure := func(size, count, concurrency int) ([smallWayCount]smallResult, error) {
 		var res [smallWayCount]smallResult
 		for round := range rounds {
@@ -136,7 +151,7 @@ func smallScenario(ctx context.Context, o options, t *table) error {
 				res[w].load.latencies = append(res[w].load.latencies, r.latencies...)
 				res[w].load.elapsed += r.elapsed
 				if err := r.check(way.name + " scrapes"); err != nil {
-					return res, fmt.Errorf("%w\nproxy:\n%s", err, proxy.output())
+					return res, way.failed(err)
 				}
 			}
 		}
@@ -150,7 +165,7 @@ func smallScenario(ctx context.Context, o options, t *table) error {
 		for _, w := range active {
 			way := ways[w]
 			if err := runLoad(ctx, way.client, warm, o.smallConcurrency, func(i int) string { return way.url(i, size) }, timeout, int64(size)).check("warm-up " + way.name); err != nil {
-				return fmt.Errorf("%w\nproxy:\n%s", err, proxy.output())
+				return way.failed(err)
 			}
 		}
 		loaded, err := measure(size, o.smallScrapes, o.smallConcurrency)

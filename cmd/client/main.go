@@ -11,6 +11,7 @@ import (
 	stdlog "log"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/signal"
@@ -46,6 +47,7 @@ func main() {
 // config is the client's configuration, as given by its flags.
 type config struct {
 	fqdn                 string
+	fqdnFound            bool // fqdn was found, not given
 	proxyURLs            []*url.URL
 	caFile               string
 	certFile             string
@@ -206,7 +208,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, fmt.Errorf("--label: labels take %d bytes encoded, at most %d allowed", n, util.MaxLabelsBytes)
 	}
 	if cfg.fqdn == "" {
-		cfg.fqdn = hostFQDN(net.DefaultResolver)
+		cfg.fqdn, cfg.fqdnFound = hostFQDN(net.DefaultResolver), true
 	}
 	// The flag's own environment variable counts as giving it.
 	if !maxProcsSet && os.Getenv(maxProcsFlag.Model().Envar) == "" && os.Getenv("GOMAXPROCS") != "" {
@@ -230,6 +232,15 @@ func hostFQDN(resolver hostResolver) string {
 	ctx, cancel := context.WithTimeout(context.Background(), fqdnLookupTimeout)
 	defer cancel()
 	return reverseName(ctx, resolver, host)
+}
+
+// isLoopbackName reports whether name is localhost or a loopback address.
+func isLoopbackName(name string) bool {
+	if addr, err := netip.ParseAddr(name); err == nil {
+		return addr.IsLoopback()
+	}
+	name = strings.TrimSuffix(strings.ToLower(name), ".")
+	return name == "localhost" || strings.HasSuffix(name, ".localhost") || strings.HasPrefix(name, "localhost.")
 }
 
 // hostResolver is what hostFQDN asks of DNS (and /etc/hosts); a
@@ -272,6 +283,9 @@ func run(args []string, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "pushprox-client: %v\n", err)
 		return 2
+	}
+	if cfg.fqdnFound && isLoopbackName(cfg.fqdn) {
+		level.Warn(logger).Log("msg", "this host's name resolves to a loopback name, which the client registers as, as the reference client would: clients on other hosts may share it; give --fqdn", "fqdn", cfg.fqdn)
 	}
 	if cfg.maxProcs > 0 {
 		runtime.GOMAXPROCS(cfg.maxProcs)

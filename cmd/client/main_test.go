@@ -281,3 +281,22 @@ func TestTheDefaultFQDNIsFoundAsTheReferenceClientFindsIt(t *testing.T) {
 		})
 	}
 }
+
+func TestLoopbackNamesAreToldApart(t *testing.T) {
+	for name, want := range map[string]bool{
+		"localhost":             true,
+		"LocalHost.":            true,
+		"localhost.localdomain": true,
+		"app.localhost":         true,
+		"127.0.1.1":             true,
+		"::1":                   true,
+		"node1":                 false,
+		"node1.example.com":     false,
+		"localhostess.example":  false,
+		"10.0.0.7":              false,
+	} {
+		if got := isLoopbackName(name); got != want {
+			t.Errorf("isLoopbackName(%q) = %v, want %v", name, got, want)
+		}
+	}
+}

@@ -129,12 +129,12 @@ func (c *client) pollLoop(ctx, scrapeCtx context.Context, up *upstream, as pollA
 		connected = ok
 	}
 	defer setConnected(false)
+	defer up.turns.join(as.fqdn)()
 	for ctx.Err() == nil {
 		endTurn, ok := up.turns.take(ctx, as.fqdn)
 		if !ok {
 			return
 		}
-		takingTurns := up.turns.taking.Load()
 		start := time.Now()
 		req, err := c.poll(ctx, up, wait, as)
 		endTurn()
@@ -143,11 +143,11 @@ func (c *client) pollLoop(ctx, scrapeCtx context.Context, up *upstream, as pollA
 			if ctx.Err() != nil {
 				return
 			}
-			if isEvicted(err) && !takingTurns {
+			if isEvicted(err) && up.turns.shared(as.fqdn) {
 				// Another loop of this client polls as the same name, and
-				// the proxy keeps one poll per name: they take turns. An
-				// eviction while they do is another process's poll, a
-				// failure like any other.
+				// the proxy keeps one poll per name: they take turns. A
+				// loop alone with its name was evicted by another
+				// process's poll, a failure like any other.
 				if up.turns.start() {
 					level.Info(logger).Log("msg", "proxy keeps one poll per name: the poll loops of each name take turns on it", "err", err)
 				}
@@ -282,6 +282,9 @@ func (c *client) poll(ctx context.Context, up *upstream, wait time.Duration, as 
 	}
 	switch {
 	case resp.StatusCode == http.StatusNoContent:
+		if resp.Header.Get(util.HeaderPreferenceApplied) != "" && up.turns.end() {
+			level.Info(c.logger).Log("msg", "proxy keeps every poll: the poll loops of each name poll at once again", "proxy", up.String())
+		}
 		return nil, nil
 	case resp.StatusCode != http.StatusOK:
 		return nil, &pollStatusError{status: resp.Status, code: resp.StatusCode, text: firstLine(body)}

@@ -173,15 +173,15 @@ func TestProxyRedirectDoesNotCarryCredentials(t *testing.T) {
 }
 
 func TestACONNECTHandedToAPollIsRefusedWithTheReasonAndPollingGoesOn(t *testing.T) {
-	// The reference proxy hands a scheme: https scrape's CONNECT to a poll:
-	// the proxy works, so the client pushes the reason at once and polls
-	// on without a pause.
+	// The reference proxy hands a scheme: https scrape's CONNECT to a poll
+	// as Prometheus sent it, without a timeout: the proxy works, so the
+	// client pushes the reason at once and polls on without a pause.
 	fp := startFakeProxy(t)
 	target, requests := recordingTarget(t, false, http.StatusOK, "up 1\n")
 	c := startClient(t, testConfig(fp.url(t), "127.0.0.1"))
 
 	id := uuid.NewString()
-	fp.answer(http.StatusOK, nil, "CONNECT 127.0.0.1:"+port(t, target)+" HTTP/1.1\r\nHost: 127.0.0.1:"+port(t, target)+"\r\nId: "+id+"\r\nX-Prometheus-Scrape-Timeout-Seconds: 5\r\n\r\n")
+	fp.answer(http.StatusOK, nil, "CONNECT 127.0.0.1:"+port(t, target)+" HTTP/1.1\r\nHost: 127.0.0.1:"+port(t, target)+"\r\nId: "+id+"\r\n\r\n")
 	fp.expectPush(t, id, http.StatusInternalServerError, "_scheme=https")
 	neverContacted(t, requests)
 

@@ -52,9 +52,6 @@ func (c *client) permit(u *url.URL) error {
 func (c *client) targetRequest(ctx context.Context, req *http.Request, timeout time.Duration) (*http.Request, error) {
 	// A scrape only reads: a proxy must not make the client change
 	// anything on a target.
-	if req.Method == http.MethodConnect {
-		return nil, fmt.Errorf("scrape refused: CONNECT %s: a scheme: https target is carried only on a tunnel to a proxy that offers tunnels; through this proxy, scrape it over http with the _scheme=https parameter", req.Host)
-	}
 	if req.Method != http.MethodGet {
 		return nil, fmt.Errorf("scrape refused: method %s is not GET", req.Method)
 	}

@@ -96,6 +96,12 @@ func (c *client) sendAnswer(req *http.Request, resp *http.Response, taken time.T
 // carries the deadline by which the answer must be sent; done releases the
 // scrape and must be called once the answer has been sent or given up.
 func (c *client) answer(ctx context.Context, req *http.Request) (resp *http.Response, done func()) {
+	if req.Method == http.MethodConnect {
+		// Only a proxy that hands a poll Prometheus' CONNECT as it came
+		// (the reference proxy) gets here, and such a CONNECT carries no
+		// timeout: the reason goes back before anything else is read.
+		return c.errorAnswer(ctx, req, fmt.Errorf("scrape refused: CONNECT %s: a scheme: https target is carried only on a tunnel to a proxy that offers tunnels; through this proxy, scrape it over http with the _scheme=https parameter", req.Host))
+	}
 	timeout, err := util.HeaderTimeout(req.Header, util.HeaderScrapeTimeoutSeconds)
 	if err != nil {
 		return c.errorAnswer(ctx, req, err)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,16 +24,21 @@ import (
 // to the parked poll of its host, and its answer comes back as a push.
 type evictingProxy struct {
 	srv *httptest.Server
+	// keepAll makes it a proxy that keeps every poll, as this project's
+	// does: each is answered 204 with Preference-Applied after a moment.
+	keepAll atomic.Bool
 
 	mu        sync.Mutex
 	parked    map[string]chan []byte         // by name: the request handed to the poll, nil to evict it
 	answers   map[string]chan *http.Response // by scrape Id
 	evictions int
+	inFlight  map[string]int // keepAll polls being held, by name
+	most      map[string]int // the most keepAll polls of a name held at once
 }
 
 func startEvictingProxy(t *testing.T) *evictingProxy {
 	t.Helper()
-	p := &evictingProxy{parked: map[string]chan []byte{}, answers: map[string]chan *http.Response{}}
+	p := &evictingProxy{parked: map[string]chan []byte{}, answers: map[string]chan *http.Response{}, inFlight: map[string]int{}, most: map[string]int{}}
 	p.srv = httptest.NewServer(http.HandlerFunc(p.serve))
 	t.Cleanup(p.srv.Close)
 	return p
@@ -42,6 +48,10 @@ func (p *evictingProxy) serve(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/poll":
 		name, _ := io.ReadAll(r.Body)
+		if p.keepAll.Load() {
+			p.hold(w, r, string(name))
+			return
+		}
 		handed := make(chan []byte, 1)
 		p.mu.Lock()
 		if old := p.parked[string(name)]; old != nil {
@@ -81,6 +91,27 @@ func (p *evictingProxy) serve(w http.ResponseWriter, r *http.Request) {
 	default:
 		http.NotFound(w, r)
 	}
+}
+
+// hold holds a poll a moment, as a proxy that keeps every poll would
+// hold it for its wait, and answers it without work.
+func (p *evictingProxy) hold(w http.ResponseWriter, r *http.Request, name string) {
+	p.mu.Lock()
+	p.inFlight[name]++
+	p.most[name] = max(p.most[name], p.inFlight[name])
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.inFlight[name]--
+		p.mu.Unlock()
+	}()
+	select {
+	case <-time.After(20 * time.Millisecond):
+	case <-r.Context().Done():
+		return
+	}
+	w.Header().Set(util.HeaderPreferenceApplied, "wait=0")
+	w.WriteHeader(http.StatusNoContent)
 }
 
 // evict evicts the parked poll of name, as a poll from elsewhere would,
@@ -184,27 +215,56 @@ func TestTargetsOfOneHostTakeTurnsOnAProxyThatKeepsOnePollPerName(t *testing.T) 
 		}
 	}
 	p.waitParked(t, "127.0.0.1")
-	// The two loops met once, and then took turns.
+	// The two loops met as they started, and then took turns.
 	p.mu.Lock()
 	evictions := p.evictions
 	p.mu.Unlock()
-	if evictions > 2 {
-		t.Errorf("%d polls evicted, want the loops of one host to take turns after the first", evictions)
+	if evictions > 4 {
+		t.Errorf("%d polls evicted, want the loops of one host to take turns once they met", evictions)
 	}
 	if got := testutil.ToFloat64(c.metrics.pollErrors); got != 0 {
 		t.Errorf("poll errors = %v, want 0: an eviction by the client's own loop is no failure", got)
 	}
 
-	// A poll of the name from elsewhere while the loops take turns is
-	// another client: a failure, retried after a pause.
+	// Replaced by a proxy that keeps every poll, which says so in its
+	// empty answers, the loops poll at once again.
+	p.keepAll.Store(true)
 	if !p.evict("127.0.0.1") {
 		t.Fatal("no poll parked to evict")
 	}
 	deadline := time.Now().Add(waitLimit)
-	for testutil.ToFloat64(c.metrics.pollErrors) != 1 {
+	for {
+		p.mu.Lock()
+		most := p.most["127.0.0.1"]
+		p.mu.Unlock()
+		if most >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("at most %d polls of the host held at once, want the two loops polling together", most)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestAnEvictionOfAClientsOnlyLoopOfANameIsAFailure(t *testing.T) {
+	// Another process polls as the same name: polling again at once
+	// would evict each other in a tight loop.
+	p := startEvictingProxy(t)
+	proxyURL, _ := url.Parse(p.srv.URL)
+	cfg := testConfig(proxyURL, "node1")
+	cfg.transport = transportPoll
+	c := startClient(t, cfg)
+	p.waitParked(t, "node1")
+	if !p.evict("node1") {
+		t.Fatal("no poll parked to evict")
+	}
+	deadline := time.Now().Add(waitLimit)
+	for testutil.ToFloat64(c.metrics.pollErrors) < 1 {
 		if time.Now().After(deadline) {
 			t.Fatalf("poll errors = %v after an eviction from elsewhere, want 1", testutil.ToFloat64(c.metrics.pollErrors))
 		}
 		time.Sleep(time.Millisecond)
 	}
+	p.waitParked(t, "node1")
 }

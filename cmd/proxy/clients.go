@@ -194,10 +194,10 @@ func (p *proxy) handlePush(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Reading the push stops when Prometheus stops waiting. A read deadline
-	// that passes once the body is read to its end also cancels the
-	// context of every later request on this connection (net/http's
-	// background read fails), so such a connection is closed after the
-	// answer rather than reused.
+	// that passes once net/http has the whole body also cancels the
+	// context of every later request on this connection (its background
+	// read fails), so a push cut that way closes its connection after the
+	// answer.
 	deadline := claim.Deadline()
 	_ = rc.SetReadDeadline(deadline)
 	answerBody := &endReader{ReadCloser: resp.Body}
@@ -209,10 +209,10 @@ func (p *proxy) handlePush(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		// Prometheus went away during the relay: end its read of this
-		// push now, not at the scrape's deadline. If the body was all
-		// read, the cut hits net/http's background read, which cancels
-		// the context of every later request on this connection: so it
-		// is not reused.
+		// push now, not at the scrape's deadline. If net/http had read the
+		// whole body, though the relay had not seen its end, the cut hits
+		// net/http's background read, which cancels the context of every
+		// later request on this connection: so it is not reused.
 		w.Header().Set("Connection", "close")
 		_ = rc.SetReadDeadline(time.Now())
 	})

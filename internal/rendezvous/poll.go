@@ -180,13 +180,6 @@ func (c *Claim) Deliver(resp *http.Response, abandoned func()) error {
 		return err
 	case <-s.ctx.Done():
 	}
-	// A relay ends before its scrape's context does: when both happened
-	// before the select looked, the relay's end is the news.
-	select {
-	case err := <-relayed:
-		return err
-	default:
-	}
 	h.mu.Lock()
 	select {
 	case <-s.events:
