@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rancher/pushprox/util"
 )
@@ -137,7 +138,7 @@ func (p *evictingProxy) scrape(t *testing.T, target string) (int, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := fmt.Sprint(time.Now().UnixNano())
+	id := uuid.NewString()
 	req := httptest.NewRequest(http.MethodGet, u.String(), nil)
 	request, err := util.EncodeScrapeRequest(req, id, 5*time.Second)
 	if err != nil {
