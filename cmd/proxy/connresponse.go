@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"strconv"
@@ -71,35 +73,16 @@ func (c *connResponse) send() error {
 		c.body = c.body[:0]
 	}
 	h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
-	buf := make([]byte, 0, 256+len(c.body))
-	buf = append(buf, "HTTP/1.1 "...)
-	buf = strconv.AppendInt(buf, int64(c.status), 10)
-	buf = append(buf, ' ')
-	buf = append(buf, http.StatusText(c.status)...)
-	buf = append(buf, "\r\n"...)
-	var head headerBuffer
-	head.b = buf
-	_ = h.Write(&head)
-	buf = append(head.b, "\r\n"...)
-	buf = append(buf, c.body...)
-	_, c.err = c.conn.Write(buf)
+	buf := bytes.NewBuffer(make([]byte, 0, 256+len(c.body)))
+	fmt.Fprintf(buf, "HTTP/1.1 %d %s\r\n", c.status, http.StatusText(c.status))
+	_ = h.Write(buf)
+	buf.WriteString("\r\n")
+	buf.Write(c.body)
+	_, c.err = c.conn.Write(buf.Bytes())
 	return c.err
 }
 
 // bodyAllowed says whether a response with status code has a body.
 func bodyAllowed(code int) bool {
 	return code >= 200 && code != http.StatusNoContent && code != http.StatusNotModified
-}
-
-// headerBuffer collects what http.Header.Write writes.
-type headerBuffer struct{ b []byte }
-
-func (h *headerBuffer) Write(p []byte) (int, error) {
-	h.b = append(h.b, p...)
-	return len(p), nil
-}
-
-func (h *headerBuffer) WriteString(s string) (int, error) {
-	h.b = append(h.b, s...)
-	return len(s), nil
 }
