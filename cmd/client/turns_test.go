@@ -148,23 +148,17 @@ func (p *evictingProxy) scrape(t *testing.T, target string) (int, string) {
 	p.mu.Lock()
 	p.answers[id] = answer
 	p.mu.Unlock()
-	deadline := time.Now().Add(waitLimit)
-	for {
+	eventually(t, "a poll of "+u.Hostname()+" parked", func() bool {
 		p.mu.Lock()
+		defer p.mu.Unlock()
 		handed := p.parked[u.Hostname()]
-		if handed != nil {
-			delete(p.parked, u.Hostname())
-			handed <- request
+		if handed == nil {
+			return false
 		}
-		p.mu.Unlock()
-		if handed != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no poll of %s parked within %s", u.Hostname(), waitLimit)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		delete(p.parked, u.Hostname())
+		handed <- request
+		return true
+	})
 	select {
 	case resp := <-answer:
 		body, _ := io.ReadAll(resp.Body)
@@ -178,16 +172,21 @@ func (p *evictingProxy) scrape(t *testing.T, target string) (int, string) {
 // waitParked waits until a poll of name is parked.
 func (p *evictingProxy) waitParked(t *testing.T, name string) {
 	t.Helper()
-	deadline := time.Now().Add(waitLimit)
-	for {
+	eventually(t, "a poll of "+name+" parked", func() bool {
 		p.mu.Lock()
-		parked := p.parked[name] != nil
-		p.mu.Unlock()
-		if parked {
-			return
-		}
+		defer p.mu.Unlock()
+		return p.parked[name] != nil
+	})
+}
+
+// eventually waits until cond holds, looking every millisecond, and fails
+// the test after waitLimit.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("no poll of %s parked within %s", name, waitLimit)
+			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -233,19 +232,11 @@ func TestTargetsOfOneHostTakeTurnsOnAProxyThatKeepsOnePollPerName(t *testing.T) 
 	if !p.evict("127.0.0.1") {
 		t.Fatal("no poll parked to evict")
 	}
-	deadline := time.Now().Add(waitLimit)
-	for {
+	eventually(t, "the two loops polling together", func() bool {
 		p.mu.Lock()
-		most := p.most["127.0.0.1"]
-		p.mu.Unlock()
-		if most >= 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("at most %d polls of the host held at once, want the two loops polling together", most)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		defer p.mu.Unlock()
+		return p.most["127.0.0.1"] >= 2
+	})
 }
 
 func TestAnEvictionOfAClientsOnlyLoopOfANameIsAFailure(t *testing.T) {
@@ -260,12 +251,8 @@ func TestAnEvictionOfAClientsOnlyLoopOfANameIsAFailure(t *testing.T) {
 	if !p.evict("node1") {
 		t.Fatal("no poll parked to evict")
 	}
-	deadline := time.Now().Add(waitLimit)
-	for testutil.ToFloat64(c.metrics.pollErrors) < 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("poll errors = %v after an eviction from elsewhere, want 1", testutil.ToFloat64(c.metrics.pollErrors))
-		}
-		time.Sleep(time.Millisecond)
-	}
+	eventually(t, "a poll error after an eviction from elsewhere", func() bool {
+		return testutil.ToFloat64(c.metrics.pollErrors) >= 1
+	})
 	p.waitParked(t, "node1")
 }
